@@ -1,0 +1,181 @@
+"""Scoped hooks: read any set of sites, or intervene on them. Nothing is left on the model afterwards.
+
+Both context managers register their own handles and remove exactly those in ``finally``, so an
+exception inside the block leaves the model as it was and hooks registered by others untouched.
+Interventions are out-of-place (the edit function returns a new tensor), which keeps them safe under
+autograd and gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._sites import SiteMap
+
+Reduce = Callable[[str, Tensor], Tensor]
+Edit = Callable[[Tensor], Tensor]
+
+
+def _sitemap(obj: Any) -> SiteMap:
+    return obj if isinstance(obj, SiteMap) else obj.sites
+
+
+def _first(output: Any) -> Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_first(output: Any, new: Tensor) -> Any:
+    if isinstance(output, tuple):
+        return (new, *output[1:])
+    return new
+
+
+def _pre_input(args: tuple, kwargs: dict) -> Tensor:
+    if args:
+        return args[0]
+    return kwargs["hidden_states"]
+
+
+def _replace_pre_input(args: tuple, kwargs: dict, new: Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (new, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": new}
+
+
+def _split_heads(x: Tensor, n_heads: int) -> Tensor:
+    return x.view(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)  # [batch, pos, n_heads, d_head]
+
+
+class ActivationCache(Mapping[str, Tensor]):
+    """Activations recorded per site; one entry per forward call (e.g. one per decoding step).
+
+    ``cache[site]`` is the most recent entry; ``cache.all(site)`` is every entry in order.
+    """
+
+    def __init__(self) -> None:
+        self._data: dict[str, list[Tensor]] = defaultdict(list)
+
+    def _add(self, site: str, value: Tensor) -> None:
+        self._data[site].append(value)
+
+    def __getitem__(self, site: str) -> Tensor:
+        if site not in self._data or not self._data[site]:
+            raise KeyError(f"no activations recorded for site '{site}' (was a forward pass run inside the block?)")
+        return self._data[site][-1]
+
+    def all(self, site: str) -> list[Tensor]:
+        return list(self._data.get(site, []))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+def _register(module: nn.Module, how: str, fn_out: Callable | None, fn_pre: Callable | None) -> Any:
+    if how == "out":
+        return module.register_forward_hook(fn_out)
+    return module.register_forward_pre_hook(fn_pre, with_kwargs=True)
+
+
+@contextlib.contextmanager
+def read_sites(
+    model: Any,
+    sites: list[str] | tuple[str, ...],
+    *,
+    reduce: Reduce | None = None,
+    detach: bool = True,
+) -> Iterator[ActivationCache]:
+    """Record the activations at ``sites`` during the forward passes run inside the block.
+
+    ``reduce(site, tensor) -> tensor`` is applied before storing (e.g. a mean over positions), so long
+    runs need not keep every tensor. ``model`` is a ``LoadedModel`` or a ``SiteMap``.
+    """
+    sm = _sitemap(model)
+    cache = ActivationCache()
+    handles = []
+    try:
+        for site in sites:
+            module, how = sm.hook_target(site)
+
+            def store(x: Tensor, site: str = site) -> None:
+                if detach:
+                    x = x.detach()
+                cache._add(site, reduce(site, x) if reduce is not None else x)
+
+            def on_out(mod, args, output, store=store):
+                store(_first(output))
+
+            def on_pre(mod, args, kwargs, store=store, how=how):
+                x = _pre_input(args, kwargs)
+                store(_split_heads(x, sm.n_heads) if how == "z" else x)
+
+            handles.append(_register(module, how, on_out, on_pre))
+        yield cache
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def intervene(model: Any, edits: Mapping[str, Edit]) -> Iterator[None]:
+    """Replace the activation at each site by ``edit(activation)`` for forward passes inside the block.
+
+    ``edit`` receives the tensor in the site's shape (``attn.hook_z`` as ``[batch, pos, n_heads, d_head]``)
+    and must return a tensor of the same shape; it must not modify its input in place.
+    """
+    sm = _sitemap(model)
+    handles = []
+    try:
+        for site, edit in edits.items():
+            module, how = sm.hook_target(site)
+
+            def on_out(mod, args, output, edit=edit):
+                return _replace_first(output, edit(_first(output)))
+
+            def on_pre(mod, args, kwargs, edit=edit, how=how):
+                x = _pre_input(args, kwargs)
+                if how == "z":
+                    new = edit(_split_heads(x, sm.n_heads)).reshape(x.shape)
+                else:
+                    new = edit(x)
+                return _replace_pre_input(args, kwargs, new)
+
+            handles.append(_register(module, how, on_out, on_pre))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Number of forward / pre-forward hooks on every submodule (for leak checks)."""
+    n = 0
+    for m in model.modules():
+        n += len(m._forward_hooks) + len(m._forward_pre_hooks)
+    return n
+
+
+@torch.no_grad()
+def residual_norms(model: Any, inputs: Mapping[str, Tensor]) -> Tensor:
+    """Mean L2 norm of ``resid_post`` per layer over non-padding tokens: ``[n_layers]``."""
+    sm = _sitemap(model)
+    mask = inputs.get("attention_mask")
+    sites = [f"blocks.{l}.hook_resid_post" for l in range(sm.n_layers)]
+    with read_sites(model, sites) as cache:
+        model.model(**inputs)
+    norms = []
+    for s in sites:
+        n = cache[s].float().norm(dim=-1)  # [batch, pos]
+        norms.append((n * mask).sum() / mask.sum() if mask is not None else n.mean())
+    return torch.stack(norms)
