@@ -132,7 +132,8 @@ class JudgmentCache:
             self._rows[key] = stored
             if self.path is not None:
                 append_jsonl(
-                    self.path, {"key": key, "judge": self.judge_name, "score": stored.score, "raw": stored.raw}
+                    self.path,
+                    {"key": key, "judge": self.judge_name, "score": stored.score, "raw": stored.raw},
                 )
 
 

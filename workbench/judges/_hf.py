@@ -159,6 +159,7 @@ class HFJudge(Judge):
         self._device, self._dtype = device, dtype
         self._loaded = loaded
         self._plan: dict[str, Any] | None = None
+        self._logits_to_keep: bool | None = None
         super().__init__(cache_dir)
 
     # -- setup -------------------------------------------------------------------------------------------
@@ -175,7 +176,9 @@ class HFJudge(Judge):
     def _render(self, prompt: str) -> str:
         from workbench.chat import format_chat
 
-        return format_chat(self.loaded.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        return format_chat(
+            self.loaded.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True
+        )
 
     def plan(self) -> dict[str, Any]:
         """The number tree, its gather plan and the digit-continuation mask (built once per judge)."""
@@ -210,7 +213,9 @@ class HFJudge(Judge):
             try:
                 node_probs = self._node_probs_cached(prompt_ids, tree, plan["pad"])
             except (AttributeError, NotImplementedError, TypeError, ValueError, RuntimeError) as exc:
-                log.warning("judge %s: KV-cache reuse failed (%s); recomputing prefixes instead", self.name, exc)
+                log.warning(
+                    "judge %s: KV-cache reuse failed (%s); recomputing prefixes instead", self.name, exc
+                )
                 self.reuse_cache = False
                 node_probs = self._node_probs_recompute(prompt_ids, tree, plan["pad"])
         else:
@@ -221,9 +226,17 @@ class HFJudge(Judge):
         position_ids = kw.pop("position_ids", None)
         if position_ids is None:
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        return self.loaded.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw
-        )
+        model = self.loaded.model
+        if "logits_to_keep" in kw and self._logits_to_keep is False:
+            kw.pop("logits_to_keep")
+        try:
+            return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw)
+        except TypeError:
+            if "logits_to_keep" not in kw:
+                raise
+            self._logits_to_keep = False  # an architecture without it: full logits, then the last position
+            kw.pop("logits_to_keep")
+            return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw)
 
     def _left_pad(self, rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -269,6 +282,6 @@ class HFJudge(Judge):
         step = max(1, self.batch_size * len(tree.nodes))
         for s in range(0, len(rows), step):
             ids, mask = self._left_pad(rows[s : s + step], pad)
-            out = self._forward(ids, mask, use_cache=False)
+            out = self._forward(ids, mask, use_cache=False, logits_to_keep=1)
             probs.append(out.logits[:, -1, :].float().softmax(-1))
         return torch.cat(probs).view(len(prompt_ids), len(tree.nodes), -1)

@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import os
-import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -49,6 +49,10 @@ class _Retryable(Exception):
 
 class _Fatal(Exception):
     """A failure that retrying will not fix (bad request, bad key, unknown model)."""
+
+
+class _Skipped(Exception):
+    """Not sent: another request of the same batch already failed for good."""
 
 
 def resolve_api_key() -> str:
@@ -174,25 +178,33 @@ class OpenAIJudge(Judge):
                 err.retry_after = _retry_after(exc.headers)  # type: ignore[attr-defined]
                 raise err from None
             raise _Fatal(msg) from None
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, OSError) as exc:
+        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets are all OSError
             reason = getattr(exc, "reason", exc)
             raise _Retryable(self._scrub(f"{type(exc).__name__}: {reason}")) from None
         return raw
 
-    def _request(self, prompt: str) -> Judgment:
+    def _request(self, prompt: str, stop: threading.Event) -> Judgment:
         payload = self._payload(prompt)
         last = ""
         for attempt in range(self.retries + 1):
+            if stop.is_set():
+                raise _Skipped()
             try:
                 raw = self._post_once(payload)
                 break
+            except _Fatal:
+                stop.set()
+                raise
             except _Retryable as exc:
                 last = str(exc)
                 if attempt == self.retries:
+                    stop.set()
                     raise
                 delay = min(self.max_delay, self.base_delay * (2**attempt))
                 delay = max(delay, min(self.max_delay, getattr(exc, "retry_after", 0.0) or 0.0))
-                log.info("judge %s: %s; retry %d/%d in %.2fs", self.name, last, attempt + 1, self.retries, delay)
+                log.info(
+                    "judge %s: %s; retry %d/%d in %.2fs", self.name, last, attempt + 1, self.retries, delay
+                )
                 time.sleep(delay)
         try:
             try:
@@ -207,9 +219,12 @@ class OpenAIJudge(Judge):
     def _judge(self, prompts: list[str]) -> Iterator[tuple[int, Judgment]]:
         failure: BaseException | None = None
         malformed: list[str] = []
+        stop = threading.Event()  # set by the first request that fails for good: no new requests start
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge")
         try:
-            pending: dict[Future[Judgment], int] = {pool.submit(self._request, p): i for i, p in enumerate(prompts)}
+            pending: dict[Future[Judgment], int] = {
+                pool.submit(self._request, p, stop): i for i, p in enumerate(prompts)
+            }
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
@@ -217,6 +232,8 @@ class OpenAIJudge(Judge):
                     if fut.cancelled():
                         continue
                     exc = fut.exception()
+                    if isinstance(exc, _Skipped):
+                        continue
                     if exc is not None:
                         if failure is None:
                             failure = exc
@@ -245,7 +262,9 @@ class OpenAIJudge(Judge):
                     "judgments finished before this are cached, rerun to continue"
                 ) from None
             if isinstance(failure, _Fatal):
-                raise WorkbenchError(f"judge {self.name} at {self.base_url} refused the request: {failure}") from None
+                raise WorkbenchError(
+                    f"judge {self.name} at {self.base_url} refused the request: {failure}"
+                ) from None
             raise failure
 
 

@@ -1,0 +1,103 @@
+"""Scoped hooks: nothing is left behind after an exception; foreign hooks are untouched; PEFT still works."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import batch_inputs
+from workbench import intervene, read_sites
+from workbench._hooks import count_hooks
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def test_hooks_removed_after_exception(tiny_llama):
+    lm = tiny_llama
+    inputs = batch_inputs(lm)
+    seen = []
+    layer = lm.sites.layers[1]
+    user_handle = layer.register_forward_hook(lambda m, a, o: seen.append(1))
+    user_pre = lm.sites.module(0, "self_attn.o_proj").register_forward_pre_hook(lambda m, a: seen.append(2))
+    before = count_hooks(lm.model)
+    try:
+        with pytest.raises(Boom):
+            with read_sites(lm, lm.sites.names()):
+                assert count_hooks(lm.model) == before + len(lm.sites.names())
+                raise Boom()
+        assert count_hooks(lm.model) == before
+        with pytest.raises(Boom):
+            with intervene(lm, {s: (lambda x: x * 1.0) for s in lm.sites.names()}):
+                lm.model(**inputs)
+                raise Boom()
+        assert count_hooks(lm.model) == before
+        with pytest.raises(Boom):  # an exception raised by the edit function inside the forward pass
+            with intervene(lm, {"blocks.1.hook_mlp_out": lambda x: (_ for _ in ()).throw(Boom())}):
+                lm.model(**inputs)
+        assert count_hooks(lm.model) == before
+        seen.clear()
+        with torch.no_grad():
+            lm.model(**inputs)
+        assert seen == [2, 1], "the user's own hooks must survive and still fire"
+    finally:
+        user_handle.remove()
+        user_pre.remove()
+
+
+def test_bad_site_in_middle_leaves_no_hooks(tiny_llama):
+    lm = tiny_llama
+    before = count_hooks(lm.model)
+    with pytest.raises(Exception, match="out of range"):
+        with read_sites(lm, ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out", "blocks.99.hook_resid_post"]):
+            pass
+    assert count_hooks(lm.model) == before
+
+
+def test_interventions_are_differentiable_and_out_of_place(tiny_llama):
+    lm = tiny_llama
+    inputs = batch_inputs(lm)
+    delta = torch.zeros(lm.d_model, requires_grad=True)
+    with intervene(lm, {"blocks.1.hook_resid_post": lambda x: x + delta}):
+        loss = lm.model(**inputs).logits.float().pow(2).mean()
+    loss.backward()
+    assert delta.grad is not None and delta.grad.abs().sum() > 0
+
+
+def test_sites_survive_peft_wrapping():
+    from peft import LoraConfig, get_peft_model
+
+    from workbench import load_model
+
+    lm = load_model("random:tiny-qwen2")
+    inputs = batch_inputs(lm)
+    with torch.no_grad(), read_sites(lm, ["blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]) as before:
+        lm.model(**inputs)
+    peft_model = get_peft_model(lm.model, LoraConfig(r=4, target_modules=["q_proj", "o_proj"], init_lora_weights=False))
+    lm.model = peft_model
+    with torch.no_grad(), read_sites(lm, ["blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]) as after:
+        peft_model(**inputs)
+    # q_proj changed, so z differs; the hook must still fire on the wrapped o_proj
+    assert after["blocks.1.attn.hook_z"].shape == before["blocks.1.attn.hook_z"].shape
+    assert not torch.allclose(after["blocks.1.hook_resid_post"], before["blocks.1.hook_resid_post"])
+    with torch.no_grad(), peft_model.disable_adapter(), read_sites(lm, ["blocks.1.hook_resid_post"]) as off:
+        peft_model(**inputs)
+    torch.testing.assert_close(off["blocks.1.hook_resid_post"], before["blocks.1.hook_resid_post"])
+
+
+def test_interventions_under_gradient_checkpointing():
+    from workbench import load_model
+
+    lm = load_model("random:tiny-llama")
+    enable = getattr(lm.model, "activation_checkpointing_enable", None) or lm.model.gradient_checkpointing_enable
+    enable()
+    lm.model.train()
+    before = count_hooks(lm.model)
+    inputs = batch_inputs(lm)
+    delta = torch.zeros(lm.d_model, requires_grad=True)
+    with intervene(lm, {"blocks.0.hook_resid_post": lambda x: x + delta}):
+        loss = lm.model(**inputs).logits.float().pow(2).mean()
+        loss.backward()
+    assert delta.grad is not None and torch.isfinite(delta.grad).all() and delta.grad.abs().sum() > 0
+    assert count_hooks(lm.model) == before
