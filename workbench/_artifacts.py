@@ -73,7 +73,9 @@ def load_artifact(
             header = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises several error types for damaged files
-        raise WorkbenchError(f"'{p}' is not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
+        raise WorkbenchError(
+            f"'{p}' is not a readable safetensors file ({type(exc).__name__}: {exc})"
+        ) from exc
     kind = header.get(_KIND_KEY, "")
     if expect_kind is not None and kind != expect_kind:
         raise WorkbenchError(f"'{p}' holds a '{kind or 'foreign'}' artifact, expected '{expect_kind}'")
@@ -89,9 +91,13 @@ def load_artifact(
     return Artifact(tensors=tensors, metadata=meta, fingerprint=fp, kind=kind, path=p, extra=extra)
 
 
-def check_fingerprint(saved: ModelFingerprint | None, model: ModelFingerprint, path: Any = "artifact") -> None:
+def check_fingerprint(
+    saved: ModelFingerprint | None, model: ModelFingerprint, path: Any = "artifact"
+) -> None:
     if saved is None:
-        raise WorkbenchError(f"'{path}' carries no model fingerprint; cannot check it fits model {model.short()}")
+        raise WorkbenchError(
+            f"'{path}' carries no model fingerprint; cannot check it fits model {model.short()}"
+        )
     if not saved.compatible(model):
         raise WorkbenchError(
             f"'{path}' was made for another model: artifact [{saved.short()}] vs model [{model.short()}]"

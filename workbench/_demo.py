@@ -49,7 +49,10 @@ def run_demo(model: str, out: Path | None, prompt: str, echo: Callable[[str], No
         lm.model(**enc)
     n_tokens = enc["input_ids"].shape[1]
     norms = {
-        kind: [cache[f"blocks.{l}.{kind}"].float().flatten(2).norm(dim=-1).mean().item() for l in range(lm.n_layers)]
+        kind: [
+            cache[f"blocks.{l}.{kind}"].float().flatten(2).norm(dim=-1).mean().item()
+            for l in range(lm.n_layers)
+        ]
         for kind in ("hook_resid_post", "hook_attn_out", "hook_mlp_out")
     }
     resid = norms["hook_resid_post"]
@@ -58,7 +61,9 @@ def run_demo(model: str, out: Path | None, prompt: str, echo: Callable[[str], No
         echo(f"      layer {l:>2} {v:8.2f} {_bar(v, max(resid))}")
 
     atomic_write_json(run_dir / "info.json", info)
-    atomic_write_json(run_dir / "site_norms.json", {"tokens": n_tokens, "sites_read": len(sites), "norms": norms})
+    atomic_write_json(
+        run_dir / "site_norms.json", {"tokens": n_tokens, "sites_read": len(sites), "norms": norms}
+    )
     atomic_write_text(run_dir / "answer.txt", f"user: {prompt}\nassistant: {answer}\n")
     echo(f"run directory: {run_dir}")
     return run_dir

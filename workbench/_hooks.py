@@ -66,7 +66,9 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def __getitem__(self, site: str) -> Tensor:
         if site not in self._data or not self._data[site]:
-            raise KeyError(f"no activations recorded for site '{site}' (was a forward pass run inside the block?)")
+            raise KeyError(
+                f"no activations recorded for site '{site}' (was a forward pass run inside the block?)"
+            )
         return self._data[site][-1]
 
     def all(self, site: str) -> list[Tensor]:

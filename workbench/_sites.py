@@ -23,7 +23,9 @@ from torch import nn
 from ._errors import WorkbenchError
 
 SITE_KINDS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "attn.hook_z", "hook_mlp_out")
-_SITE_RE = re.compile(r"^blocks\.(-?\d+)\.(hook_resid_pre|hook_resid_post|hook_attn_out|attn\.hook_z|hook_mlp_out)$")
+_SITE_RE = re.compile(
+    r"^blocks\.(-?\d+)\.(hook_resid_pre|hook_resid_post|hook_attn_out|attn\.hook_z|hook_mlp_out)$"
+)
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,21 @@ ADAPTERS: dict[str, ArchAdapter] = {
     "olmo2": _LLAMA_LIKE,
     "gemma2": _GEMMA_LIKE,
     "gemma3_text": _GEMMA_LIKE,
-    "gpt2": ArchAdapter(layers="transformer.h", attn="attn", o_proj="attn.c_proj", mlp="mlp", n_heads_attr="n_head",
-        final_norm="transformer.ln_f"),
-    "gpt_neox": ArchAdapter(layers="gpt_neox.layers", attn="attention", o_proj="attention.dense", mlp="mlp",
-        final_norm="gpt_neox.final_layer_norm"),
+    "gpt2": ArchAdapter(
+        layers="transformer.h",
+        attn="attn",
+        o_proj="attn.c_proj",
+        mlp="mlp",
+        n_heads_attr="n_head",
+        final_norm="transformer.ln_f",
+    ),
+    "gpt_neox": ArchAdapter(
+        layers="gpt_neox.layers",
+        attn="attention",
+        o_proj="attention.dense",
+        mlp="mlp",
+        final_norm="gpt_neox.final_layer_norm",
+    ),
 }
 
 
@@ -118,14 +131,16 @@ class SiteMap:
                 f"adapter for '{model_type}' names layers '{adapter.layers}', which this model lacks"
             ) from exc
         n_heads = int(getattr(config, adapter.n_heads_attr))
-        d_model = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+        d_model = int(getattr(config, "hidden_size", None) or config.n_embd)
         return cls(model_type, adapter, list(layer_list), n_heads, d_model)
 
     @property
     def n_layers(self) -> int:
         return len(self.layers)
 
-    def names(self, kinds: tuple[str, ...] | list[str] = SITE_KINDS, layers: list[int] | None = None) -> list[str]:
+    def names(
+        self, kinds: tuple[str, ...] | list[str] = SITE_KINDS, layers: list[int] | None = None
+    ) -> list[str]:
         layer_ids = range(self.n_layers) if layers is None else layers
         return [f"blocks.{l}.{k}" for l in layer_ids for k in kinds]
 

@@ -30,7 +30,9 @@ def format_chat(tokenizer: Any, messages: list[Message], add_generation_prompt: 
         raise WorkbenchError("this tokenizer has no chat template; pass plain text prompts instead")
     msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
     try:
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
     except Exception as exc:  # jinja TemplateError raised by the template's own checks
         if msgs and msgs[0]["role"] == "system" and "system" in str(exc).lower():
             return tokenizer.apply_chat_template(

@@ -24,7 +24,11 @@ _STATE = {"debug": False}
 
 ModelOpt = Annotated[
     str,
-    typer.Option("--model", "-m", help="Model spec: smollm2-135m (default), a local HF folder, a hub id, or random:<shape>."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model spec: smollm2-135m (default), a local HF folder, a hub id, or random:<shape>.",
+    ),
 ]
 
 
@@ -34,7 +38,9 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress messages.")] = False,
 ) -> None:
     _STATE["debug"] = debug
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _quiet_transformers() -> None:
@@ -58,7 +64,9 @@ def _load(spec: str, device: str | None = None, dtype: str | None = None, trust_
 def info(
     model: ModelOpt = "smollm2-135m",
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow custom model code from the model folder.")] = False,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow custom model code from the model folder.")
+    ] = False,
 ) -> None:
     """Architecture, layers, d_model, heads, parameter count and hook sites of a model."""
     lm = _load(model, trust_remote_code=trust_remote_code)
@@ -85,8 +93,12 @@ def info(
 
 @app.command()
 def read(
-    site: Annotated[list[str], typer.Option("--site", "-s", help="Hook site, e.g. blocks.3.hook_resid_post (repeatable).")],
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="User prompt, chat-formatted before reading.")],
+    site: Annotated[
+        list[str], typer.Option("--site", "-s", help="Hook site, e.g. blocks.3.hook_resid_post (repeatable).")
+    ],
+    prompt: Annotated[
+        str, typer.Option("--prompt", "-p", help="User prompt, chat-formatted before reading.")
+    ],
     model: ModelOpt = "smollm2-135m",
 ) -> None:
     """Read hook sites for one chat prompt and print shape and mean norm per site."""
@@ -134,9 +146,13 @@ def inspect(
 
 @app.command()
 def demo(
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/demo-<time>).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/demo-<time>).")
+    ] = None,
     model: ModelOpt = "smollm2-135m",
-    prompt: Annotated[str, typer.Option(help="The chat prompt to answer.")] = "What is the best way to spend a free afternoon?",
+    prompt: Annotated[
+        str, typer.Option(help="The chat prompt to answer.")
+    ] = "What is the best way to spend a free afternoon?",
 ) -> None:
     """The end-to-end main job on the embedded model (grows with each capability)."""
     from ._demo import run_demo

@@ -11,7 +11,9 @@ from tqdm.auto import tqdm
 from .chat import Message, format_chat
 
 
-def render_prompts(tokenizer: Any, prompts: Sequence[str | list[Message]], system: str | None = None) -> list[str]:
+def render_prompts(
+    tokenizer: Any, prompts: Sequence[str | list[Message]], system: str | None = None
+) -> list[str]:
     """Chat-format each prompt (a user string or a message list) with the generation prompt appended."""
     out = []
     for p in prompts:

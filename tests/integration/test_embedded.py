@@ -53,7 +53,9 @@ def test_resid_post_matches_transformerlens_bridge(smollm):
     from workbench._models import embedded_folder
 
     layers = list(range(smollm.n_layers))
-    bridge = TransformerBridge.boot_transformers(str(embedded_folder()), tokenizer=smollm.tokenizer, device="cpu")
+    bridge = TransformerBridge.boot_transformers(
+        str(embedded_folder()), tokenizer=smollm.tokenizer, device="cpu"
+    )
     # The bridge runs eager attention. With the same kernel the two readings agree to the last bit; with
     # SDPA they differ by float rounding only (~1e-6 relative or less on residuals whose entries reach ~2,500).
     config = smollm.model.config
@@ -65,7 +67,9 @@ def test_resid_post_matches_transformerlens_bridge(smollm):
         config._attn_implementation = old
     enc, ours_sdpa = _ours(smollm, layers)
     with torch.no_grad():
-        _, cache = bridge.run_with_cache(enc["input_ids"], names_filter=lambda n: n.endswith("hook_resid_post"))
+        _, cache = bridge.run_with_cache(
+            enc["input_ids"], names_filter=lambda n: n.endswith("hook_resid_post")
+        )
     worst = max((cache[f"blocks.{l}.hook_resid_post"] - ours[l]).abs().max().item() for l in layers)
     assert worst <= 1e-4, worst
     for l in layers:
@@ -75,7 +79,9 @@ def test_resid_post_matches_transformerlens_bridge(smollm):
 
 
 def test_info_cli_on_default_model():
-    r = subprocess.run([sys.executable, "-m", "workbench", "info"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "workbench", "info"], capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr
     assert "layers: 30" in r.stdout and "d_model: 576" in r.stdout
 

@@ -50,7 +50,9 @@ def test_bad_site_in_middle_leaves_no_hooks(tiny_llama):
     lm = tiny_llama
     before = count_hooks(lm.model)
     with pytest.raises(Exception, match="out of range"):
-        with read_sites(lm, ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out", "blocks.99.hook_resid_post"]):
+        with read_sites(
+            lm, ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out", "blocks.99.hook_resid_post"]
+        ):
             pass
     assert count_hooks(lm.model) == before
 
@@ -74,7 +76,9 @@ def test_sites_survive_peft_wrapping():
     inputs = batch_inputs(lm)
     with torch.no_grad(), read_sites(lm, ["blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]) as before:
         lm.model(**inputs)
-    peft_model = get_peft_model(lm.model, LoraConfig(r=4, target_modules=["q_proj", "o_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        lm.model, LoraConfig(r=4, target_modules=["q_proj", "o_proj"], init_lora_weights=False)
+    )
     lm.model = peft_model
     with torch.no_grad(), read_sites(lm, ["blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]) as after:
         peft_model(**inputs)
@@ -90,7 +94,9 @@ def test_interventions_under_gradient_checkpointing():
     from workbench import load_model
 
     lm = load_model("random:tiny-llama")
-    enable = getattr(lm.model, "activation_checkpointing_enable", None) or lm.model.gradient_checkpointing_enable
+    enable = (
+        getattr(lm.model, "activation_checkpointing_enable", None) or lm.model.gradient_checkpointing_enable
+    )
     enable()
     lm.model.train()
     before = count_hooks(lm.model)

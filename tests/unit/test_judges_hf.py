@@ -161,3 +161,12 @@ def test_biased_model_scores_the_expected_mix(judge, tmp_path):
     again = HFJudge("random:tiny-llama", tmp_path, loaded=judge.loaded).score(PROMPTS)
     assert all(j.cached for j in again) and [j.score for j in again] == [j.score for j in out]
     assert (tmp_path / "hf_random_tiny-llama.jsonl").exists()
+
+
+def test_make_judge_hf_spec_keeps_the_model_spec_and_loads_lazily(tmp_path):
+    from workbench.judges import make_judge
+
+    judge = make_judge("hf:random:tiny-llama", cache_dir=tmp_path, batch_size=4)
+    assert isinstance(judge, HFJudge)
+    assert judge.name == "hf:random:tiny-llama" and judge.spec == "random:tiny-llama" and judge.batch_size == 4
+    assert judge._loaded is None  # nothing loaded until the first prompt that is not cached

