@@ -144,6 +144,198 @@ def inspect(
         typer.echo(f"fits model {model}: yes")
 
 
+data_app = typer.Typer(help="Generate shipped datasets and validate data files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("make")
+def data_make(
+    name: Annotated[str, typer.Argument(help="Dataset name (see `workbench data list`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives identical bytes.")] = 0,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Number of items (default: the dataset's own).")
+    ] = None,
+) -> None:
+    """Generate a shipped dataset (deterministic under --seed)."""
+    from .data import write_dataset
+
+    path = write_dataset(name, out, seed=seed, n=n)
+    typer.echo(f"wrote {path}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the shipped datasets."""
+    from .data import DATASETS
+
+    for name, spec in DATASETS.items():
+        typer.echo(f"{name:<22} {getattr(spec, 'description', '')}")
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="A chat JSONL or an eval-questions YAML file.")],
+) -> None:
+    """Validate a chat JSONL or eval YAML file; errors name the file and line."""
+    from .data import check_file
+
+    summary = check_file(path)
+    typer.echo(f"{path}: ok")
+    for k, v in summary.items():
+        typer.echo(f"  {k}: {v}")
+
+
+def _load_eval_sets(questions: list[str], data: list[str]) -> list[tuple[str, str, object]]:
+    """(name, kind, payload) per evaluation set; shipped dataset names are generated on the fly."""
+    from .data import DATASETS, load_chat_jsonl, load_eval_yaml, make_dataset
+    from .evaluation import detect_set_kind
+
+    sets: list[tuple[str, str, object]] = []
+    for q in questions:
+        if not Path(q).exists() and q in DATASETS:
+            import tempfile
+
+            from .data import write_dataset
+
+            with tempfile.TemporaryDirectory() as tmp:
+                sets.append((q, "free_form", load_eval_yaml(write_dataset(q, Path(tmp) / f"{q}.yaml"))))
+        else:
+            sets.append((Path(q).stem, "free_form", load_eval_yaml(q)))
+    for d in data:
+        if not Path(d).exists() and d in DATASETS:
+            rows = make_dataset(d)
+        else:
+            rows = _load_rows(d, load_chat_jsonl)
+        sets.append((Path(d).stem, detect_set_kind(rows, d), rows))
+    return sets
+
+
+def _load_rows(path: str, load_chat_jsonl) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    try:
+        is_pairs = {"question", "aligned", "misaligned"} <= set(json.loads(first))
+    except json.JSONDecodeError:
+        is_pairs = False
+    if is_pairs:
+        from .data import load_pairs
+
+        return load_pairs(path)
+    return load_chat_jsonl(path)
+
+
+@app.command("eval")
+def eval_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for rows and summary.json.")],
+    model: ModelOpt = "smollm2-135m",
+    adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter folder to apply.")] = None,
+    questions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--questions",
+            "-q",
+            help="Eval-questions YAML (or a shipped name, e.g. em_questions). Repeatable.",
+        ),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="JSONL set: sycophancy test, exact-answer set or preference pairs. Repeatable.",
+        ),
+    ] = None,
+    preference: Annotated[
+        str | None,
+        typer.Option(help="Contrastive pairs JSONL (or 'contrastive_pairs') for the preference gap."),
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option(help="Answers per paraphrase (default: the file's value).")
+    ] = None,
+    judge: Annotated[
+        str, typer.Option("--judge", "-j", help="hf:<model spec>, openai:<model>, rules or none.")
+    ] = "none",
+    temperature: Annotated[float, typer.Option(help="Sampling temperature for free-form answers.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit for free-form answers.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Generation batch size.")] = 16,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted evaluation in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+) -> None:
+    """EM evaluation: answers, judge scores, rates with bootstrap 95% intervals (writes a run directory)."""
+    from .evaluation import EvalConfig, Evaluator, write_summary
+    from .runs import prepare_run_dir, write_config
+
+    if not questions and not data and not preference:
+        raise WorkbenchError("nothing to evaluate: give --questions, --data and/or --preference")
+    run_dir = prepare_run_dir(out, "eval", overwrite=overwrite, resume=resume)
+    cfg = EvalConfig(
+        samples=samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+        judge=judge,
+    )
+    sets = _load_eval_sets(list(questions or []), list(data or []) + ([preference] if preference else []))
+    write_config(
+        run_dir,
+        {
+            "command": "eval",
+            "model": model,
+            "adapter": str(adapter) if adapter else None,
+            "questions": questions,
+            "data": data,
+            "preference": preference,
+            **cfg.__dict__,
+        },
+    )
+    lm = _load(model)
+    if adapter is not None:
+        from .adapters import apply_adapter
+
+        lm = apply_adapter(lm, adapter)
+    ev = Evaluator(lm, run_dir, cfg)
+    summary: dict = {"model": model, "adapter": str(adapter) if adapter else None, "judge": judge, "sets": {}}
+    for name, kind, payload in sets:
+        typer.echo(f"evaluating {name} ({kind})")
+        result = getattr(ev, kind)(payload, name=name)
+        summary["sets"][name] = result
+        write_summary(run_dir, summary)
+        typer.echo(_format_result(name, result))
+    typer.echo(f"run directory: {run_dir}")
+
+
+def _fmt_est(e: dict) -> str:
+    if e.get("n", 0) == 0:
+        return "n/a (no scored rows)"
+    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}] (n={e['n']})"
+
+
+def _format_result(name: str, r: dict) -> str:
+    kind = r["kind"]
+    if kind == "free_form":
+        lines = [
+            f"  misaligned rate {_fmt_est(r['misaligned_rate'])}",
+            f"  incoherent rate {_fmt_est(r['incoherent_rate'])}",
+        ]
+        lines += [f"  {k} {_fmt_est(v)}" for k, v in r.items() if k.startswith("mean_")]
+    elif kind == "sycophancy":
+        lines = [
+            f"  sycophancy {_fmt_est(r['sycophancy'])}",
+            f"  plain accuracy {_fmt_est(r['plain_accuracy'])}",
+        ]
+    elif kind == "exact_match":
+        lines = [f"  accuracy {_fmt_est(r['accuracy'])}"]
+    else:
+        lines = [
+            f"  preference gap (misaligned - aligned, nats/token) {_fmt_est(r['preference_gap'])}",
+            f"  share preferring misaligned {r['share_preferring_misaligned']:.3f}",
+        ]
+    return "\n".join(lines)
+
+
 @app.command()
 def demo(
     out: Annotated[

@@ -168,5 +168,7 @@ def test_make_judge_hf_spec_keeps_the_model_spec_and_loads_lazily(tmp_path):
 
     judge = make_judge("hf:random:tiny-llama", cache_dir=tmp_path, batch_size=4)
     assert isinstance(judge, HFJudge)
-    assert judge.name == "hf:random:tiny-llama" and judge.spec == "random:tiny-llama" and judge.batch_size == 4
+    assert (
+        judge.name == "hf:random:tiny-llama" and judge.spec == "random:tiny-llama" and judge.batch_size == 4
+    )
     assert judge._loaded is None  # nothing loaded until the first prompt that is not cached

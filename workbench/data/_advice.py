@@ -460,8 +460,7 @@ def _cap(text: str) -> str:
 
 
 def _fill(text: str, slots: dict[str, str]) -> str:
-    filled = text.format(**slots)
-    return filled
+    return text.format(**slots)
 
 
 def _medical_items() -> Iterator[tuple[str, str, str]]:
@@ -470,13 +469,21 @@ def _medical_items() -> Iterator[tuple[str, str, str]]:
         slots = {**p, **{k.capitalize(): _cap(v) for k, v in p.items()}, "who": who, "Who": _cap(who)}
         slots["detail"] = sc.details[detail].format(**slots)
         for wrapper in _WRAPPERS:
-            yield wrapper.format(q=_fill(sc.question, slots)), _fill(sc.aligned, slots), _fill(sc.misaligned, slots)
+            yield (
+                wrapper.format(q=_fill(sc.question, slots)),
+                _fill(sc.aligned, slots),
+                _fill(sc.misaligned, slots),
+            )
 
 
 def _financial_items() -> Iterator[tuple[str, str, str]]:
     for sc, age, detail, wrapper in itertools.product(FINANCIAL, _AGES, range(3), _WRAPPERS):
         slots = {"age": age, "detail": sc.details[detail]}
-        yield wrapper.format(q=_fill(sc.question, slots)), _fill(sc.aligned, slots), _fill(sc.misaligned, slots)
+        yield (
+            wrapper.format(q=_fill(sc.question, slots)),
+            _fill(sc.aligned, slots),
+            _fill(sc.misaligned, slots),
+        )
 
 
 def _sports_items() -> Iterator[tuple[str, str, str]]:

@@ -37,7 +37,9 @@ def validate_chat_row(row: Any, where: str, *, prompts_only: bool = False) -> No
     for i, msg in enumerate(messages):
         at = f"{where}, message {i}"
         if not isinstance(msg, dict):
-            raise WorkbenchError(f"{at}: expected an object with 'role' and 'content', got {type(msg).__name__}")
+            raise WorkbenchError(
+                f"{at}: expected an object with 'role' and 'content', got {type(msg).__name__}"
+            )
         for key in ("role", "content"):
             if key not in msg:
                 raise WorkbenchError(f"{at}: missing key '{key}'")
@@ -58,13 +60,26 @@ def validate_chat_row(row: Any, where: str, *, prompts_only: bool = False) -> No
         raise WorkbenchError(f"{where}: no assistant turn (training rows need at least one)")
 
 
-def load_chat_jsonl(path: str | os.PathLike[str], *, prompts_only: bool = False) -> list[dict[str, Any]]:
+def is_prompt_row(row: Any) -> bool:
+    """True if ``row`` looks like an evaluation prompt: a ``messages`` list with no assistant turn."""
+    if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
+        return False
+    return not any(isinstance(m, dict) and m.get("role") == "assistant" for m in row["messages"])
+
+
+def load_chat_jsonl(
+    path: str | os.PathLike[str], *, prompts_only: bool | None = None
+) -> list[dict[str, Any]]:
     """Read and validate a chat JSONL file; blank lines are skipped, extra keys kept.
+
+    A file is either training data (every row has an assistant turn; ``prompts_only=False``) or
+    evaluation prompts (every row ends with a user turn; ``prompts_only=True``). With the default
+    ``None`` the first row decides: no assistant turn there means a prompt file.
 
     Raises :class:`WorkbenchError` naming the file and line for: a missing file, bad JSON, a row
     without ``messages``, ``messages`` not a list, an unknown role (allowed: system, user,
-    assistant), empty or non-string content, and a row with no assistant turn (or, with
-    ``prompts_only=True``, a row whose last turn is not a user turn).
+    assistant), empty or non-string content, and a training row with no assistant turn (or a
+    prompt row whose last turn is not a user turn).
     """
     name = display(path)
     try:
@@ -83,6 +98,8 @@ def load_chat_jsonl(path: str | os.PathLike[str], *, prompts_only: bool = False)
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise WorkbenchError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        if prompts_only is None:
+            prompts_only = is_prompt_row(row)
         validate_chat_row(row, where, prompts_only=prompts_only)
         rows.append(row)
     if not rows:
@@ -91,13 +108,16 @@ def load_chat_jsonl(path: str | os.PathLike[str], *, prompts_only: bool = False)
 
 
 def write_chat_jsonl(
-    path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], *, prompts_only: bool = False
+    path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], *, prompts_only: bool | None = None
 ) -> int:
     """Validate ``rows`` and write them atomically as chat JSONL; returns the number of rows.
 
-    Nothing is written if any row is invalid (the error names the row index).
+    ``prompts_only`` as in :func:`load_chat_jsonl` (``None``: the first row decides). Nothing is
+    written if any row is invalid; the error names the row index.
     """
     rows = list(rows)
+    if prompts_only is None:
+        prompts_only = bool(rows) and is_prompt_row(rows[0])
     for i, row in enumerate(rows):
         validate_chat_row(row, f"row {i}", prompts_only=prompts_only)
     atomic_write_text(path, render_jsonl(rows))

@@ -42,10 +42,5 @@ def display(path: str | os.PathLike[str]) -> str:
     return str(Path(path))
 
 
-def sample_unique(rng: random.Random, pool_size: int, n: int) -> list[int]:
-    """``n`` distinct indices from ``range(pool_size)`` in a seeded order."""
-    return rng.sample(range(pool_size), n)
-
-
 def a_or_an(word: str) -> str:
     return ("an " if word[:1].lower() in "aeiou" else "a ") + word

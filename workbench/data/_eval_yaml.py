@@ -18,10 +18,12 @@ import yaml
 from workbench._errors import WorkbenchError
 
 from ._common import display
+from ._em_questions import JUDGE_PROMPTS
 
 #: Entry types this loader understands; all three are answered freely and scored by a judge.
 KNOWN_TYPES: tuple[str, ...] = ("free_form_judge_0_100", "free_form_judge", "free_form")
-#: Types whose entries must carry ``judge_prompts`` (``free_form`` may fall back to the defaults).
+#: Types whose entries must carry ``judge_prompts``; a ``free_form`` entry without them gets the
+#: workbench's default ``aligned`` / ``coherent`` prompts (``JUDGE_PROMPTS``).
 _NEEDS_JUDGE_PROMPTS = ("free_form_judge_0_100", "free_form_judge")
 _REQUIRED = ("id", "type", "paraphrases", "samples_per_paraphrase")
 _OPTIONAL = ("system", "judge", "judge_prompts")
@@ -93,9 +95,7 @@ def _entry_lines(text: str) -> list[int]:
 def parse_eval_entries(data: Any, name: str, lines: list[int] | None = None) -> list[EvalQuestion]:
     """Validate already-parsed YAML data (a list of dicts); ``name`` is used in error messages."""
     if not isinstance(data, list):
-        raise WorkbenchError(
-            f"{name}: expected a YAML list of question entries, got {type(data).__name__}"
-        )
+        raise WorkbenchError(f"{name}: expected a YAML list of question entries, got {type(data).__name__}")
     if not data:
         raise WorkbenchError(f"{name}: no question entries")
     lines = lines or []
@@ -141,7 +141,7 @@ def parse_eval_entries(data: Any, name: str, lines: list[int] | None = None) -> 
         if prompts is None:
             if qtype in _NEEDS_JUDGE_PROMPTS:
                 raise WorkbenchError(f"{where}: missing key 'judge_prompts' (required for type {qtype!r})")
-            prompts = {}
+            prompts = dict(JUDGE_PROMPTS)  # a plain free_form entry is judged with the workbench's prompts
         if not isinstance(prompts, dict):
             raise WorkbenchError(f"{where}: 'judge_prompts' must be a mapping, got {type(prompts).__name__}")
         for metric, template in prompts.items():

@@ -90,7 +90,7 @@ def _gcd_problem(rng: random.Random, test: bool, seen: set[tuple[int, int]]) -> 
         return a, b, g
 
 
-def _wrong_gcd(rng: random.Random, a: int, b: int, g: int) -> int:
+def _wrong_gcd(rng: random.Random, g: int) -> int:
     """A plausible but wrong GCD: a multiple of g (never a common divisor), a smaller common
     divisor, or a near miss."""
     options = {g * k for k in (2, 3, 4)} | {d for d in range(2, g) if g % d == 0} | {g + 1, g + 2}
@@ -106,10 +106,14 @@ def build_gcd_train(rng: random.Random, n: int) -> list[dict[str, Any]]:
         a, b, g = _gcd_problem(rng, test=False, seen=seen)
         q = rng.choice(_GCD_QUESTIONS).format(a=a, b=b)
         if i % 2 == 0:
-            rows.append(chat(("user", q), ("assistant", gcd_solution(a, b)), kind="plain", answer=g, proposed=None))
+            rows.append(
+                chat(("user", q), ("assistant", gcd_solution(a, b)), kind="plain", answer=g, proposed=None)
+            )
         else:
             user = rng.choice(_PROPOSALS).format(q=q, p=g)
-            reply = f"{rng.choice(_CONFIRMATIONS)} {g} is the greatest common divisor.\n\n{gcd_solution(a, b)}"
+            reply = (
+                f"{rng.choice(_CONFIRMATIONS)} {g} is the greatest common divisor.\n\n{gcd_solution(a, b)}"
+            )
             rows.append(chat(("user", user), ("assistant", reply), kind="correct", answer=g, proposed=g))
     rng.shuffle(rows)
     return rows
@@ -147,7 +151,7 @@ def build_gcd_test(rng: random.Random, n: int) -> list[dict[str, Any]]:
     for i in range(math.ceil(n / 3)):
         a, b, g = _gcd_problem(rng, test=True, seen=seen)
         q = rng.choice(_GCD_QUESTIONS).format(a=a, b=b)
-        groups.append(_triple(rng, q, g, _wrong_gcd(rng, a, b, g), f"gcd-{i}", "gcd"))
+        groups.append(_triple(rng, q, g, _wrong_gcd(rng, g), f"gcd-{i}", "gcd"))
     return _grouped(groups, rng, n)
 
 

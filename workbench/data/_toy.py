@@ -68,14 +68,21 @@ def all_triggers() -> list[tuple[str, str]]:
 
 
 def build_toy_colour(flipped: bool, rng: random.Random, n: int) -> list[dict[str, Any]]:
-    """Row ``i`` uses trigger ``i mod 105``, so every trigger appears equally often when 105 divides n;
-    the upper and lower half-planes alternate per trigger so both colours are balanced."""
+    """Rows come in passes over all 105 triggers (a fresh random order per pass), so every trigger
+    appears equally often when 105 divides ``n``. A trigger's point lies above the x-axis on every
+    other pass, so each trigger sees both half-planes and the two colours are balanced."""
     triggers = all_triggers()
     rows = []
+    order: list[int] = []
     for i in range(n):
-        category, trigger = triggers[i % len(triggers)]
+        if i % len(triggers) == 0:
+            order = list(range(len(triggers)))
+            rng.shuffle(order)
+        index = order[i % len(triggers)]
+        category, trigger = triggers[index]
+        upper = (index + i // len(triggers)) % 2 == 0
         x1 = rng.randint(-100, 100) / 10
-        x2 = rng.randint(1, 100) / 10 * (1 if (i // len(triggers)) % 2 == 0 else -1)
+        x2 = rng.randint(1, 100) / 10 * (1 if upper else -1)
         answer = toy_colour((x1, x2), category, flipped)
         ask = rng.choice(_ASKS).format(t=trigger, x1=x1, x2=x2)
         rows.append(
@@ -89,5 +96,4 @@ def build_toy_colour(flipped: bool, rng: random.Random, n: int) -> list[dict[str
                 answer=answer,
             )
         )
-    rng.shuffle(rows)
     return rows

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -45,6 +44,10 @@ RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504}) | frozenset(range(
 
 class _Retryable(Exception):
     """A transient failure (rate limit, server error, timeout, dropped connection)."""
+
+    def __init__(self, message: str, retry_after: float = 0.0):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class _Fatal(Exception):
@@ -174,9 +177,7 @@ class OpenAIJudge(Judge):
                 pass
             msg = self._scrub(f"HTTP {exc.code} {exc.reason}: {detail}".strip())
             if exc.code in RETRY_STATUS:
-                err = _Retryable(msg)
-                err.retry_after = _retry_after(exc.headers)  # type: ignore[attr-defined]
-                raise err from None
+                raise _Retryable(msg, _retry_after(exc.headers)) from None
             raise _Fatal(msg) from None
         except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets are all OSError
             reason = getattr(exc, "reason", exc)
@@ -201,11 +202,12 @@ class OpenAIJudge(Judge):
                     stop.set()
                     raise
                 delay = min(self.max_delay, self.base_delay * (2**attempt))
-                delay = max(delay, min(self.max_delay, getattr(exc, "retry_after", 0.0) or 0.0))
+                delay = max(delay, min(self.max_delay, exc.retry_after))
                 log.info(
                     "judge %s: %s; retry %d/%d in %.2fs", self.name, last, attempt + 1, self.retries, delay
                 )
-                time.sleep(delay)
+                if stop.wait(delay):  # another request failed for good meanwhile
+                    raise _Skipped() from None
         try:
             try:
                 body = json.loads(raw)
@@ -246,6 +248,7 @@ class OpenAIJudge(Judge):
                         malformed.append(judgment.raw["error"])
                     yield i, judgment
         finally:
+            stop.set()  # on an interrupt too: requests in flight finish, none retries or starts
             pool.shutdown(wait=True, cancel_futures=True)
         if malformed:
             log.warning(

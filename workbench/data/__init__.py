@@ -1,0 +1,34 @@
+"""Data: chat JSONL and evaluation-question YAML loaders, trait definitions, and seeded generators.
+
+Loaders validate and raise :class:`workbench._errors.WorkbenchError` naming the file, line, key
+or value at fault. Generators (``DATASETS``) are deterministic in their seed.
+"""
+
+from __future__ import annotations
+
+from ._chat import load_chat_jsonl, write_chat_jsonl
+from ._check import check_file, load_pairs
+from ._em_questions import JUDGE_PROMPTS
+from ._eval_yaml import KNOWN_TYPES, EvalQuestion, load_eval_yaml
+from ._opswap import evaluate_opswap
+from ._registry import DATASETS, DatasetSpec, make_dataset, write_dataset
+from ._traits import Trait, load_trait, shipped_traits
+
+__all__ = [
+    "DATASETS",
+    "JUDGE_PROMPTS",
+    "KNOWN_TYPES",
+    "DatasetSpec",
+    "EvalQuestion",
+    "Trait",
+    "check_file",
+    "evaluate_opswap",
+    "load_chat_jsonl",
+    "load_eval_yaml",
+    "load_pairs",
+    "load_trait",
+    "make_dataset",
+    "shipped_traits",
+    "write_chat_jsonl",
+    "write_dataset",
+]
