@@ -260,6 +260,15 @@ def eval_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit for free-form answers.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Generation batch size.")] = 16,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    gates: Annotated[
+        Path | None, typer.Option(help="Apply trained gates (gates.safetensors) while answering.")
+    ] = None,
+    gate_alpha: Annotated[
+        float, typer.Option(help="Gate control: 1 trained, 0 off, -1 suppress, >1 amplify.")
+    ] = 1.0,
+    vector: Annotated[Path | None, typer.Option(help="Steer along a persona vector while answering.")] = None,
+    layer: Annotated[int | None, typer.Option(help="Layer to steer at (with --vector).")] = None,
+    alpha: Annotated[float, typer.Option(help="Steering coefficient (with --vector).")] = 0.0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted evaluation in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
@@ -296,7 +305,7 @@ def eval_cmd(
         from .adapters import apply_adapter
 
         lm = apply_adapter(lm, adapter)
-    ev = Evaluator(lm, run_dir, cfg)
+    ev = Evaluator(lm, run_dir, cfg, intervention=_interventions(lm, gates, gate_alpha, vector, layer, alpha))
     summary: dict = {"model": model, "adapter": str(adapter) if adapter else None, "judge": judge, "sets": {}}
     for name, kind, payload in sets:
         typer.echo(f"evaluating {name} ({kind})")
@@ -305,6 +314,34 @@ def eval_cmd(
         write_summary(run_dir, summary)
         typer.echo(_format_result(name, result))
     typer.echo(f"run directory: {run_dir}")
+
+
+def _interventions(lm, gates, gate_alpha, vector, layer, alpha):
+    """Compose gate and steering interventions into one zero-argument context-manager factory."""
+    import contextlib
+
+    parts = []
+    if gates is not None:
+        from gating import gate_intervention
+
+        parts.append(gate_intervention(lm, gates, gate_alpha))
+    if vector is not None:
+        from steering import Steerer, load_vector
+
+        vec = load_vector(vector, lm=lm)
+        lm.sites.check_layer(layer)
+        parts.append(lambda: Steerer(lm, vec, layers=[layer], alpha=alpha))
+    if not parts:
+        return None
+
+    @contextlib.contextmanager
+    def combined():
+        with contextlib.ExitStack() as stack:
+            for make in parts:
+                stack.enter_context(make())
+            yield
+
+    return combined
 
 
 def _fmt_est(e: dict) -> str:
@@ -334,6 +371,25 @@ def _format_result(name: str, r: dict) -> str:
             f"  share preferring misaligned {r['share_preferring_misaligned']:.3f}",
         ]
     return "\n".join(lines)
+
+
+def _register_capability_commands() -> None:
+    """Commands implemented in the capability packages (imported here: the CLI wires everything)."""
+    from gating._cli import gate
+    from probes._cli import extract_vector, screen
+    from steering._cli import steer, sweep_cmd
+
+    from .training._cli import train
+
+    app.command("extract-vector")(extract_vector)
+    app.command("steer")(steer)
+    app.command("sweep")(sweep_cmd)
+    app.command("screen")(screen)
+    app.command("train")(train)
+    app.command("gate")(gate)
+
+
+_register_capability_commands()
 
 
 @app.command()
