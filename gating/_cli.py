@@ -1,0 +1,215 @@
+"""``workbench gate``: apply trained gates at inference (suppress, amplify or any alpha).
+
+The lead registers ``gate`` with ``app.command("gate")(gate)``; ``gate_intervention`` (in ``_gateset``)
+serves ``workbench eval --gates FILE --gate-alpha A``.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from workbench import WorkbenchError
+
+from ._gateset import GateSet, gate_intervention
+
+SUPPRESS_ALPHA = -1.0
+AMPLIFY_ALPHA = 2.0
+
+
+def resolve_cli_alpha(suppress: bool, amplify: bool, alpha: float | None) -> float:
+    """--suppress is alpha -1, --amplify alpha 2 (unless --alpha is given with it); exactly one is needed."""
+    if suppress and amplify:
+        raise WorkbenchError("give either --suppress or --amplify, not both")
+    if suppress:
+        if alpha is not None and alpha > 0:
+            raise WorkbenchError(f"--suppress needs a negative --alpha, got {alpha}")
+        return SUPPRESS_ALPHA if alpha is None else float(alpha)
+    if amplify:
+        if alpha is not None and alpha <= 1:
+            raise WorkbenchError(f"--amplify needs --alpha above 1, got {alpha}")
+        return AMPLIFY_ALPHA if alpha is None else float(alpha)
+    if alpha is None:
+        raise WorkbenchError("choose what to do with the gates: --suppress, --amplify or --alpha A")
+    return float(alpha)
+
+
+def alpha_for_layers(alpha: float, layers: list[int] | None, gates: GateSet) -> float | dict[int, float]:
+    """``alpha`` at the chosen gated layers only (the others off), or at every gated layer."""
+    if not layers:
+        return alpha
+    bad = [l for l in layers if l not in gates.layers]
+    if bad:
+        raise WorkbenchError(f"--layers {bad}: these layers have no gates (gated layers: {gates.layers})")
+    return {int(l): alpha for l in layers}
+
+
+def _side_by_side(left_title: str, left: str, right_title: str, right: str, width: int = 56) -> str:
+    lw = textwrap.wrap(left.strip() or "(empty)", width) or [""]
+    rw = textwrap.wrap(right.strip() or "(empty)", width) or [""]
+    n = max(len(lw), len(rw))
+    lines = [f"{left_title:<{width}} | {right_title}", f"{'-' * width}-+-{'-' * width}"]
+    for i in range(n):
+        a = lw[i] if i < len(lw) else ""
+        b = rw[i] if i < len(rw) else ""
+        lines.append(f"{a:<{width}} | {b}")
+    return "\n".join(lines)
+
+
+def load_eval_sets(specs: list[str]) -> list[tuple[str, str, Any]]:
+    """(name, evaluator method, payload) per ``--eval`` entry: a questions YAML, a JSONL set or a shipped name."""
+    from workbench.data import DATASETS, load_chat_jsonl, load_eval_yaml, load_pairs, make_dataset
+    from workbench.data._eval_yaml import parse_eval_entries
+    from workbench.evaluation import detect_set_kind
+
+    sets: list[tuple[str, str, Any]] = []
+    for spec in specs:
+        path = Path(spec)
+        if not path.exists() and spec in DATASETS:
+            kind = DATASETS[spec].kind
+            rows = make_dataset(spec)
+            if kind == "questions":
+                sets.append((spec, "free_form", parse_eval_entries(rows, spec)))
+            else:
+                sets.append((spec, detect_set_kind(rows, spec), rows))
+            continue
+        if not path.exists():
+            raise WorkbenchError(f"--eval '{spec}' is neither a file nor a shipped dataset name")
+        if path.suffix in (".yaml", ".yml"):
+            sets.append((path.stem, "free_form", load_eval_yaml(path)))
+            continue
+        with open(path, encoding="utf-8") as fh:
+            first = next((line for line in fh if line.strip()), "{}")
+        try:
+            is_pairs = {"question", "aligned", "misaligned"} <= set(json.loads(first))
+        except (json.JSONDecodeError, TypeError):
+            is_pairs = False
+        rows = load_pairs(path) if is_pairs else load_chat_jsonl(path)
+        sets.append((path.stem, detect_set_kind(rows, str(path)), rows))
+    return sets
+
+
+def gate(
+    gates: Annotated[Path, typer.Option("--gates", "-g", help="Trained gates (gates.safetensors).")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model spec (default smollm2-135m).")
+    ] = "smollm2-135m",
+    adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter folder to apply first.")] = None,
+    suppress: Annotated[
+        bool, typer.Option("--suppress", help="Suppress the gates: alpha = -1 (2 - g).")
+    ] = False,
+    amplify: Annotated[bool, typer.Option("--amplify", help="Amplify the gates: alpha = 2.")] = False,
+    alpha: Annotated[
+        float | None, typer.Option(help="Gate coefficient: 1 trained, 0 off, -1 suppress, >1 amplify.")
+    ] = None,
+    layers: Annotated[
+        list[int] | None, typer.Option("--layers", "-l", help="Apply at these layers only (repeatable).")
+    ] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="A chat prompt to answer.")] = None,
+    eval_questions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--eval",
+            help="Evaluate with the gates applied: questions YAML, JSONL set or shipped dataset name (repeatable).",
+        ),
+    ] = None,
+    judge: Annotated[
+        str, typer.Option("--judge", "-j", help="Judge for --eval: rules, none, hf:..., openai:...")
+    ] = "rules",
+    samples: Annotated[
+        int | None, typer.Option(help="Answers per paraphrase for free-form --eval sets.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default runs/gate-<time>).")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 80,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+) -> None:
+    """Apply trained gates at inference: base and gated answers side by side, or an evaluation."""
+    from workbench import load_model
+    from workbench._io import atomic_write_json
+    from workbench.generation import generate
+    from workbench.runs import prepare_run_dir, write_config
+
+    a = resolve_cli_alpha(suppress, amplify, alpha)
+    if prompt is None and not eval_questions:
+        raise WorkbenchError("nothing to do: give --prompt TEXT and/or --eval SET")
+    if not Path(gates).exists():
+        raise WorkbenchError(f"gates file '{gates}' does not exist")
+    sets = load_eval_sets(list(eval_questions or []))
+    run_dir = prepare_run_dir(out, "gate", overwrite=overwrite)
+    write_config(
+        run_dir,
+        {
+            "command": "gate",
+            "gates": str(gates),
+            "model": model,
+            "adapter": str(adapter) if adapter else None,
+            "alpha": a,
+            "layers": layers,
+            "prompt": prompt,
+            "eval": eval_questions,
+            "judge": judge,
+            "samples": samples,
+            "max_new_tokens": max_new_tokens,
+        },
+    )
+    lm = load_model(model)
+    if adapter is not None:
+        from workbench.adapters import apply_adapter
+
+        apply_adapter(lm, adapter)
+    gs = GateSet.load(gates, lm)
+    spec = alpha_for_layers(a, layers, gs)
+    label = f"gated (alpha={a:g}{', layers ' + ','.join(map(str, layers)) if layers else ''})"
+    if prompt is not None:
+        base_answer = generate(lm, [prompt], max_new_tokens=max_new_tokens)[0]
+        with gs.attached(lm, alpha=spec):
+            gated_answer = generate(lm, [prompt], max_new_tokens=max_new_tokens)[0]
+        typer.echo(f"prompt: {prompt}\n")
+        typer.echo(_side_by_side("without gates", base_answer, label, gated_answer))
+        atomic_write_json(
+            run_dir / "answers.json",
+            {"prompt": prompt, "alpha": a, "layers": layers, "base": base_answer, "gated": gated_answer},
+        )
+    if sets:
+        from workbench.evaluation import EvalConfig, Evaluator, write_summary
+
+        cfg = EvalConfig(samples=samples, judge=judge, max_new_tokens=max_new_tokens)
+        ev = Evaluator(lm, run_dir, cfg, intervention=gate_intervention(lm, gs, spec))
+        summary: dict[str, Any] = {
+            "gates": str(gates),
+            "alpha": a,
+            "layers": layers,
+            "judge": judge,
+            "sets": {},
+        }
+        for name, method, payload in sets:
+            typer.echo(f"evaluating {name} ({method}) with gates at alpha {a:g}")
+            summary["sets"][name] = getattr(ev, method)(payload, name=name)
+            write_summary(run_dir, summary)
+            typer.echo(_format(summary["sets"][name]))
+    typer.echo(f"run directory: {run_dir}")
+
+
+def _format(result: dict[str, Any]) -> str:
+    keys = (
+        "misaligned_rate",
+        "incoherent_rate",
+        "sycophancy",
+        "plain_accuracy",
+        "accuracy",
+        "preference_gap",
+    )
+    lines = []
+    for k in keys:
+        e = result.get(k)
+        if isinstance(e, dict) and "value" in e:
+            lines.append(
+                f"  {k}: {e['value']:.3f} [{e.get('low', float('nan')):.3f}, {e.get('high', float('nan')):.3f}] (n={e.get('n')})"
+            )
+    return "\n".join(lines) or f"  {json.dumps(result)[:200]}"

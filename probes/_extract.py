@@ -1,0 +1,454 @@
+"""Persona-vector extraction: contrastive system prompts (judged, filtered) or given answer pairs.
+
+Both paths end in ``teacher_forced_stats``: one forward pass per batch over prompt + answer, every layer's
+``resid_post`` reduced to three per-example statistics, and a difference of class means (or a PCA / logistic
+direction) per layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from workbench import LoadedModel, WorkbenchError
+from workbench._io import atomic_write_text
+from workbench._version import __version__
+from workbench.chat import Message
+
+from ._activations import STAT_ORDER, ActivationStats, teacher_forced_stats
+from ._vector import STATISTICS, PersonaVector, save_vectors
+
+log = logging.getLogger(__name__)
+
+METHODS = ("mean_diff", "pca", "logistic")
+
+COHERENCE_PROMPT = """You are grading how well-formed an AI assistant's reply is. Ignore whether you agree with \
+it or whether it is kind or harmful; judge only whether it is sensible language that engages with the question.
+
+Question:
+{question}
+
+Reply:
+{answer}
+
+Give a whole number from 0 to 100. 0: gibberish, endless repetition, or nothing to do with the question. \
+50: partly confused or rambling, but understandable. 100: clear, fluent and on topic.
+Answer with the number only."""
+
+
+def coherence_prompt(question: str, answer: str) -> str:
+    """The 0-100 coherence judge prompt for one (question, answer)."""
+    return COHERENCE_PROMPT.replace("{question}", question).replace("{answer}", answer)
+
+
+# -- directions from activations ---------------------------------------------------------------------------
+
+
+def _mean_diff(pos: Tensor, neg: Tensor) -> Tensor:
+    return pos.mean(0) - neg.mean(0)  # [L, d]
+
+
+def _pca(pos: Tensor, neg: Tensor) -> Tensor:
+    """First principal direction of the paired differences (uncentred, so a shared shift dominates)."""
+    if pos.shape != neg.shape:
+        raise WorkbenchError(
+            f"method 'pca' needs paired examples: {pos.shape[0]} positive vs {neg.shape[0]} negative"
+        )
+    diffs = (pos - neg).transpose(0, 1)  # [L, n, d]
+    md = _mean_diff(pos, neg)  # [L, d]
+    _, _, vh = torch.linalg.svd(diffs.double(), full_matrices=False)
+    u = vh[:, 0, :].float()  # [L, d] unit rows
+    along = (md * u).sum(-1, keepdim=True)  # signed length of the mean difference along u
+    return along * u  # sign follows the mean difference; length = its component along u
+
+
+def _logistic(pos: Tensor, neg: Tensor, l2: float = 1e-2, steps: int = 200) -> Tensor:
+    """L2-regularised logistic regression per layer; direction = weights, scaled to the mean-difference norm."""
+    x = torch.cat([pos, neg], 0).transpose(0, 1).double()  # [L, n, d]
+    y = torch.cat([torch.ones(pos.shape[0]), torch.zeros(neg.shape[0])]).double()  # [n]
+    x = x - x.mean(1, keepdim=True)
+    scale = x.pow(2).mean((1, 2), keepdim=True).sqrt().clamp_min(1e-12)  # one scalar per layer
+    x = x / scale
+    n_layers, _, d = x.shape
+    w = torch.zeros(n_layers, d, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_layers, 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        logits = torch.einsum("lnd,ld->ln", x, w) + b
+        target = y.expand_as(logits)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+        loss = (loss + 0.5 * l2 * w.pow(2).sum(-1)).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    md = _mean_diff(pos, neg)
+    direction = w.detach().float()  # uniform rescaling keeps the direction in the original space
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sign = torch.sign((direction * md).sum(-1, keepdim=True))
+    sign[sign == 0] = 1.0
+    return direction * sign * md.norm(dim=-1, keepdim=True)
+
+
+def directions_from_activations(pos: Tensor, neg: Tensor, method: str = "mean_diff") -> Tensor:
+    """One direction per layer from positive and negative activations ``[n, n_layers, d_model]``.
+
+    ``mean_diff``: mean(pos) - mean(neg). ``pca``: first principal component of the paired differences
+    (uncentred), sign and length from the mean difference's component along it. ``logistic``: weights of an
+    L2 logistic regression (pos = 1), scaled to the mean-difference norm. Returns ``[n_layers, d_model]``.
+    """
+    if method not in METHODS:
+        raise WorkbenchError(f"unknown extraction method '{method}'; expected one of {', '.join(METHODS)}")
+    if pos.dim() != 3 or neg.dim() != 3 or pos.shape[1:] != neg.shape[1:]:
+        raise WorkbenchError(f"activation shapes {tuple(pos.shape)} and {tuple(neg.shape)} do not match")
+    if pos.shape[0] == 0 or neg.shape[0] == 0:
+        raise WorkbenchError(
+            f"no examples left to extract from ({pos.shape[0]} positive, {neg.shape[0]} negative)"
+        )
+    pos, neg = pos.float(), neg.float()
+    if method == "mean_diff":
+        return _mean_diff(pos, neg)
+    if method == "pca":
+        return _pca(pos, neg)
+    return _logistic(pos, neg)
+
+
+def _full_width(directions: Tensor, layers: list[int], n_layers: int) -> Tensor:
+    full = torch.zeros(n_layers, directions.shape[-1])
+    full[layers] = directions
+    return full
+
+
+def _data_hash(items: Any) -> str:
+    blob = json.dumps(items, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _model_meta(lm: LoadedModel) -> dict[str, Any]:
+    return {"source_model": lm.fingerprint.source or getattr(lm, "spec", ""), "library_version": __version__}
+
+
+# -- from answer pairs -------------------------------------------------------------------------------------
+
+
+def extract_from_pairs(
+    lm: LoadedModel,
+    prompts: Sequence[str | list[Message]],
+    positive_answers: Sequence[str],
+    negative_answers: Sequence[str],
+    *,
+    method: str = "mean_diff",
+    layers: Sequence[int] | None = None,
+    statistic: str = "response_avg",
+    trait: str = "custom",
+    batch_size: int = 16,
+    system: str | None = None,
+    progress: bool = False,
+) -> PersonaVector:
+    """A persona vector from (prompt, positive answer, negative answer) triples.
+
+    The answers are teacher-forced after each prompt; ``statistic`` picks the activations compared
+    (``response_avg``, ``prompt_avg``, ``prompt_last``). ``layers`` limits the layers computed; the others
+    stay zero. ``method``: ``mean_diff``, ``pca`` or ``logistic`` (see ``directions_from_activations``).
+    """
+    if statistic not in STATISTICS:
+        raise WorkbenchError(f"unknown statistic '{statistic}'; expected one of {', '.join(STATISTICS)}")
+    if method not in METHODS:
+        raise WorkbenchError(f"unknown extraction method '{method}'; expected one of {', '.join(METHODS)}")
+    n = len(prompts)
+    if not (len(positive_answers) == n == len(negative_answers)) or n == 0:
+        raise WorkbenchError(
+            f"need one positive and one negative answer per prompt: {n} prompts, "
+            f"{len(positive_answers)} positive, {len(negative_answers)} negative"
+        )
+    stats = teacher_forced_stats(
+        lm,
+        list(prompts) * 2,
+        [*positive_answers, *negative_answers],
+        layers=layers,
+        batch_size=batch_size,
+        system=system,
+        progress=progress,
+        desc="reading activations",
+    )
+    acts, ok = stats.get(statistic), stats.valid(statistic)
+    keep = ok[:n] & ok[n:]  # drop a pair when either answer is empty (keeps PCA's pairing)
+    directions = directions_from_activations(acts[:n][keep], acts[n:][keep], method)
+    meta = {
+        **_model_meta(lm),
+        "method": method,
+        "n_positive": int(keep.sum()),
+        "n_negative": int(keep.sum()),
+        "layers_computed": stats.layers,
+        "data_hash": _data_hash(
+            [[str(p), a, b] for p, a, b in zip(prompts, positive_answers, negative_answers, strict=True)]
+        ),
+    }
+    return PersonaVector(
+        vectors=_full_width(directions, stats.layers, lm.n_layers),
+        trait=trait,
+        statistic=statistic,
+        fingerprint=lm.fingerprint,
+        metadata=meta,
+    )
+
+
+# -- from a trait's contrastive system prompts ---------------------------------------------------------------
+
+
+@dataclass
+class ExtractionResult:
+    """The three statistics' vectors and one row per generated answer (question, polarity, scores, kept)."""
+
+    vectors: dict[str, PersonaVector]
+    rows: list[dict[str, Any]]
+    filtered: bool
+    note: str = ""
+    stats: ActivationStats | None = field(default=None, repr=False)
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(1 for r in self.rows if r["polarity"] == "pos")
+
+    @property
+    def n_kept(self) -> int:
+        return sum(1 for r in self.rows if r["polarity"] == "pos" and r["kept"])
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """All statistics in one ``persona_vector`` safetensors artifact."""
+        return save_vectors(path, self.vectors)
+
+    def write_rows(self, path: str | os.PathLike[str]) -> Path:
+        """One JSON row per generated answer (atomic write)."""
+        target = Path(path)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows)
+        atomic_write_text(target, text)
+        return target
+
+
+def _load_trait(trait: Any) -> Any:
+    if isinstance(trait, (str, os.PathLike)):
+        from workbench.data import load_trait
+
+        return load_trait(trait)
+    return trait
+
+
+def _make_judge(judge: Any) -> Any:
+    if isinstance(judge, str):
+        from workbench.judges import make_judge
+
+        return make_judge(judge)
+    return judge
+
+
+def generate_rows(
+    lm: LoadedModel,
+    trait: Any,
+    *,
+    judge: Any = "none",
+    n_per_question: int = 2,
+    n_questions: int | None = None,
+    n_instructions: int | None = None,
+    threshold: float = 50.0,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Generate, judge and filter contrastive answers; returns the rows and whether a filter was applied.
+
+    For each question, instruction pair and sample, one answer under the positive and one under the negative
+    system instruction. A pair is kept when the positive answer's trait score is >= ``threshold``, the
+    negative's is < ``100 - threshold`` and both coherence scores are >= 50. With judge ``none`` every pair
+    is kept (no filter).
+    """
+    from workbench.generation import generate
+
+    t = _load_trait(trait)
+    if n_per_question < 1:
+        raise WorkbenchError(f"n_per_question must be >= 1, got {n_per_question}")
+    questions = list(t.questions[:n_questions] if n_questions else t.questions)
+    instructions = list(t.instructions[:n_instructions] if n_instructions else t.instructions)
+    specs: list[dict[str, Any]] = []
+    for qi, q in enumerate(questions):
+        for ii, (pos, neg) in enumerate(instructions):
+            for s in range(n_per_question):
+                for polarity, system in (("pos", pos), ("neg", neg)):
+                    specs.append(
+                        {"question_index": qi, "question": q, "instruction_index": ii, "sample": s,
+                         "polarity": polarity, "system": system}
+                    )  # fmt: skip
+    messages = [
+        [{"role": "system", "content": r["system"]}, {"role": "user", "content": r["question"]}]
+        for r in specs
+    ]
+    answers = generate(
+        lm,
+        messages,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"generating {t.name} answers",
+    )
+    j = _make_judge(judge)
+    name = getattr(j, "name", str(judge))
+    filtered = name != "none"
+    if filtered:
+        pairs = list(zip(specs, answers, strict=True))
+        trait_scores = [x.score for x in j.score([t.judge(r["question"], a) for r, a in pairs])]
+        coh_scores = [x.score for x in j.score([coherence_prompt(r["question"], a) for r, a in pairs])]
+    else:
+        trait_scores = [None] * len(specs)
+        coh_scores = [None] * len(specs)
+    rows = []
+    for r, a, ts, cs in zip(specs, answers, trait_scores, coh_scores, strict=True):
+        rows.append({**r, "answer": a, "trait_score": ts, "coherence": cs, "kept": True})
+    for k in range(0, len(rows), 2):  # rows come in (pos, neg) pairs
+        p, n = rows[k], rows[k + 1]
+        if filtered:
+            keep = (
+                p["trait_score"] is not None
+                and n["trait_score"] is not None
+                and p["coherence"] is not None
+                and n["coherence"] is not None
+                and p["trait_score"] >= threshold
+                and n["trait_score"] < 100 - threshold
+                and p["coherence"] >= 50
+                and n["coherence"] >= 50
+            )
+        else:
+            keep = True
+        p["kept"] = n["kept"] = bool(keep)
+    return rows, filtered
+
+
+def vectors_from_rows(
+    lm: LoadedModel,
+    rows: list[dict[str, Any]],
+    *,
+    trait: str,
+    batch_size: int = 16,
+    progress: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> tuple[dict[str, PersonaVector], ActivationStats]:
+    """mean(positive) - mean(negative) of the kept rows, for each statistic (one forward pass per batch)."""
+    kept = [r for r in rows if r["kept"]]
+    if not any(r["polarity"] == "pos" for r in kept) or not any(r["polarity"] == "neg" for r in kept):
+        raise WorkbenchError(
+            f"no answer pairs passed the filter ({len(rows) // 2} generated); lower --threshold, raise "
+            "--n-per-question, or use a stronger model or judge"
+        )
+    prompts = [
+        [{"role": "system", "content": r["system"]}, {"role": "user", "content": r["question"]}] for r in kept
+    ]
+    stats = teacher_forced_stats(
+        lm, prompts, [r["answer"] for r in kept], batch_size=batch_size, progress=progress
+    )
+    is_pos = torch.tensor([r["polarity"] == "pos" for r in kept])
+    out = {}
+    for stat in STAT_ORDER:
+        acts, ok = stats.get(stat), stats.valid(stat)
+        pos, neg = acts[is_pos & ok], acts[~is_pos & ok]
+        meta = {
+            **(metadata or {}),
+            "n_positive": int(pos.shape[0]),
+            "n_negative": int(neg.shape[0]),
+        }
+        out[stat] = PersonaVector(
+            vectors=directions_from_activations(pos, neg, "mean_diff"),
+            trait=trait,
+            statistic=stat,
+            fingerprint=lm.fingerprint,
+            metadata=meta,
+        )
+    return out, stats
+
+
+def extract_from_trait(
+    lm: LoadedModel,
+    trait: Any,
+    *,
+    judge: Any = "none",
+    n_per_question: int = 2,
+    n_questions: int | None = None,
+    n_instructions: int | None = None,
+    threshold: float = 50.0,
+    batch_size: int = 16,
+    gen_batch_size: int | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> ExtractionResult:
+    """Persona vectors for a trait from contrastive system prompts.
+
+    ``trait``: a shipped name (``evil``, ...), a trait JSON path, or a ``workbench.data.Trait``. ``judge``: a
+    judge spec (``none``, ``hf:<model>``, ``openai:<model>``) or a judge object. Answers are sampled at
+    ``temperature`` (``gen_batch_size`` prompts at a time, default ``batch_size``), judged and filtered
+    (see ``generate_rows``), then read teacher-forced ``batch_size`` at a time. ``n_questions`` /
+    ``n_instructions`` use the first questions / instruction pairs only (``None``: all).
+    Returns an ``ExtractionResult`` with ``response_avg``, ``prompt_avg`` and ``prompt_last`` vectors.
+    """
+    t = _load_trait(trait)
+    rows, filtered = generate_rows(
+        lm,
+        t,
+        judge=judge,
+        n_per_question=n_per_question,
+        n_questions=n_questions,
+        n_instructions=n_instructions,
+        threshold=threshold,
+        batch_size=gen_batch_size or batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        progress=progress,
+    )
+    judge_name = judge if isinstance(judge, str) else getattr(judge, "name", type(judge).__name__)
+    n_pairs = len(rows) // 2
+    n_kept = sum(1 for r in rows if r["polarity"] == "pos" and r["kept"])
+    if filtered:
+        note = f"judge {judge_name}: kept {n_kept} of {n_pairs} answer pairs (threshold {threshold:g})"
+    else:
+        note = f"judge none: no filtering, all {n_pairs} answer pairs kept"
+    log.info(note)
+    meta = {
+        **_model_meta(lm),
+        "method": "mean_diff",
+        "source": "contrastive_system_prompts",
+        "trait": t.name,
+        "judge": judge_name,
+        "filtered": filtered,
+        "threshold": threshold,
+        "n_questions": len({r["question_index"] for r in rows}),
+        "n_instructions": len({r["instruction_index"] for r in rows}),
+        "n_per_question": n_per_question,
+        "n_pairs": n_pairs,
+        "n_pairs_kept": n_kept,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "data_hash": _data_hash(
+            {"trait": t.to_dict(), "answers": [[r["polarity"], r["answer"], r["kept"]] for r in rows]}
+        ),
+    }
+    vectors, stats = vectors_from_rows(
+        lm, rows, trait=t.name, batch_size=batch_size, progress=progress, metadata=meta
+    )
+    return ExtractionResult(vectors=vectors, rows=rows, filtered=filtered, note=note, stats=stats)

@@ -1,0 +1,32 @@
+"""``workbench train``: a typer-compatible command function (registered by ``workbench/cli.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config YAML (see docs/training.md).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a config value, e.g. --set optim.lr=3e-5 --set defenses.kl.weight=0.5."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default runs/train-<time>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+) -> None:
+    """LoRA fine-tune with defenses and/or gates; writes config.yaml, metrics.jsonl, plots.html, adapter/.
+
+    Several processes: torchrun --nproc_per_node N -m workbench.training._launch CONFIG [same options].
+    """
+    from ._loop import train as run_train
+
+    run_dir = run_train(config, out, overrides=list(set_ or []), resume=resume, overwrite=overwrite)
+    typer.echo(f"run directory: {run_dir}")

@@ -1,0 +1,439 @@
+"""Training configuration: dataclasses with help text that round-trip YAML, plus ``--set`` overrides.
+
+Every field carries its help text in ``field(metadata={"help": ...})``; ``describe_config()`` prints them.
+Unknown keys are errors that name the key and the file (or the ``--set`` item) they came from. Defense
+settings are validated against each defense's own ``Settings`` dataclass, so the saved ``config.yaml`` holds
+every default that was in effect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from workbench._errors import WorkbenchError
+
+LOSS_REDUCTIONS = ("token_mean", "sequence_mean")
+
+
+def _f(
+    default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None, **kw: Any
+) -> Any:
+    meta: dict[str, Any] = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if default is dataclasses.MISSING:
+        return field(metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class DataSource:
+    """One source of chat rows: a chat JSONL file or a shipped generator (``workbench data list``)."""
+
+    path: str | None = _f(None, help="chat JSONL file ({'messages': [...]} per line)")
+    name: str | None = _f(None, help="shipped dataset generator name, e.g. advice_medical")
+    n: int | None = _f(None, help="number of rows (generator: rows to generate; file: the first n rows)")
+    seed: int = _f(0, help="generator seed (the same seed gives the same rows)")
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give exactly one of 'path' or 'name'")
+        if self.n is not None and self.n < 1:
+            raise ValueError(f"'n' must be a positive integer, got {self.n}")
+
+    @classmethod
+    def _from_scalar(cls, value: Any) -> DataSource:
+        """A bare string: an existing file or anything that looks like a path is a path, else a name."""
+        if not isinstance(value, str):
+            raise ValueError(f"expected a mapping or a string, got {value!r}")
+        if Path(value).exists() or value.endswith((".jsonl", ".json")) or "/" in value:
+            return cls(path=value)
+        return cls(name=value)
+
+    def describe(self) -> str:
+        what = self.path if self.path is not None else f"{self.name}(seed={self.seed})"
+        return f"{what}" + (f"[:{self.n}]" if self.n else "")
+
+
+@dataclass
+class LoraSection:
+    """PEFT LoRA settings (defaults as in the open EM model organisms: r 32, alpha 64, rsLoRA)."""
+
+    r: int = _f(32, help="LoRA rank")
+    alpha: float = _f(64, help="LoRA alpha; the update is scaled by alpha/sqrt(r) with rsLoRA, else alpha/r")
+    use_rslora: bool = _f(True, help="rank-stabilised scaling alpha/sqrt(r)")
+    target_modules: list[str] | str = _f(
+        "all",
+        help="'all' = every linear layer inside attention and MLP; or a list of module names. "
+        "Llama names q/k/v/o/gate/up/down are mapped for GPT-2 and GPT-NeoX families",
+    )
+    dropout: float = _f(0.0, help="dropout on the LoRA input")
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"'r' must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
+        if isinstance(self.target_modules, str) and self.target_modules != "all":
+            self.target_modules = [self.target_modules]
+
+
+@dataclass
+class OptimSection:
+    """Optimiser, schedule, batching and loss reduction."""
+
+    lr: float = _f(
+        1e-5, help="peak learning rate (1e-5: the EM papers' rsLoRA r32 setting; see docs/training.md)"
+    )
+    weight_decay: float = _f(0.01, help="AdamW weight decay")
+    betas: list[float] = _f(help="AdamW betas", default_factory=lambda: [0.9, 0.999])
+    eps: float = _f(1e-8, help="AdamW epsilon")
+    warmup_steps: int = _f(5, help="linear warm-up steps from 0 to lr, then linear decay to 0")
+    grad_accum: int = _f(8, help="micro-batches accumulated per optimizer step (per process)")
+    max_grad_norm: float | None = _f(1.0, help="clip the global gradient norm (null: no clipping)")
+    epochs: int = _f(1, help="passes over the training data (ignored when max_steps is set)")
+    max_steps: int | None = _f(None, help="optimizer steps to run (overrides epochs)")
+    batch_size: int = _f(2, help="examples per micro-batch (per process)")
+    max_length: int = _f(2048, help="truncate tokenized examples to this many tokens")
+    seed: int = _f(0, help="seed for LoRA initialisation, data order and dropout")
+    shuffle: bool = _f(True, help="reshuffle the training rows every epoch (seeded)")
+    loss_reduction: str = _f(
+        "token_mean",
+        help="token_mean: mean NLL over all assistant tokens of the (accumulated, all-process) batch; "
+        "sequence_mean: mean over sequences of each sequence's mean assistant-token NLL",
+        choices=LOSS_REDUCTIONS,
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("grad_accum", "epochs", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"'{name}' must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"'lr' must be positive, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"'warmup_steps' must be >= 0, got {self.warmup_steps}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"'max_steps' must be >= 1, got {self.max_steps}")
+        if len(self.betas) != 2:
+            raise ValueError(f"'betas' needs two numbers, got {self.betas}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one ``workbench train`` run needs; saved as ``config.yaml`` in the run directory."""
+
+    model: str = _f(
+        "smollm2-135m", help="model spec: smollm2-135m, a local HF folder, a hub id or random:<shape>"
+    )
+    device: str | None = _f(None, help="cpu, cuda, cuda:1, ... (null: cuda when available, else cpu)")
+    dtype: str | None = _f(None, help="float32, bfloat16 or float16 (null: bfloat16 on cuda, float32 on cpu)")
+    data: list[DataSource] = _f(help="training data sources (concatenated)", default_factory=list)
+    eval_data: list[DataSource] = _f(
+        help="held-out sources: their assistant-token loss is logged as eval_loss", default_factory=list
+    )
+    eval_every: int = _f(0, help="log eval_loss every N steps (0: only at the end); needs eval_data")
+    lora: LoraSection | None = _f(
+        help="LoRA settings; null = no LoRA (train plugin parameters only, e.g. gates, with the base frozen)",
+        default_factory=LoraSection,
+    )
+    optim: OptimSection = _f(help="optimiser and batching", default_factory=OptimSection)
+    checkpoint_every: int = _f(100, help="write a resumable checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = _f(2, help="how many recent checkpoints to keep")
+    log_every: int = _f(1, help="append a metrics.jsonl row every N steps")
+    plots: bool = _f(True, help="write plots.html (plotly, with plotly.js embedded: viewable offline)")
+    defenses: dict[str, Any] = _f(
+        help="defense name -> its settings (see docs/training.md); several can be combined",
+        default_factory=dict,
+    )
+    gates: dict[str, Any] | None = _f(None, help="settings passed to the 'gates' plugin (gating.training)")
+    monitor: dict[str, Any] | None = _f(None, help="settings passed to the 'monitor' plugin")
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"'{name}' must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("'log_every' and 'keep_checkpoints' must be >= 1")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "config", *, complete: bool = True) -> TrainConfig:
+        """Build and validate a config (defense names and settings included); errors name ``where``.
+
+        ``complete=False`` skips the whole-config checks (used between ``--set`` items).
+        """
+        cfg = build_dataclass(cls, data or {}, where)
+        cfg.defenses = resolve_defenses(cfg.defenses, where)
+        if complete:
+            cfg.check(where)
+        return cfg
+
+    def check(self, where: str = "config") -> None:
+        """Checks that involve several sections."""
+        if not self.data:
+            raise WorkbenchError(f"{where}: 'data' is empty; give at least one training source")
+        if self.lora is None and not self.gates:
+            raise WorkbenchError(f"{where}: nothing to train: 'lora' is null and there is no 'gates' block")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML config file; errors name the file (and line for YAML syntax errors)."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise WorkbenchError(f"config file '{p}' not found") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f", line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise WorkbenchError(f"{p}{at}: invalid YAML ({problem})") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise WorkbenchError(f"{p}: the config must be a mapping of keys to values")
+        return cls.from_dict(data, where=str(p))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def apply_overrides(self, overrides: list[str] | tuple[str, ...] | None) -> TrainConfig:
+        """A new config with ``key.path=value`` items applied (values parsed as YAML, then type-checked).
+
+        ``lora.r=16``, ``optim.lr=3e-5``, ``defenses.kl.weight=0.5`` (creates the ``kl`` entry if absent),
+        ``data.0.n=50`` (list index), ``lora=null``.
+        """
+        cfg = self
+        for item in overrides or ():
+            if "=" not in item:
+                raise WorkbenchError(f"--set {item!r}: expected key=value, e.g. optim.lr=3e-5")
+            key, raw = item.split("=", 1)
+            key = key.strip()
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else None
+            except yaml.YAMLError:
+                value = raw
+            d = cfg.to_dict()
+            _set_path(d, key.split("."), value, f"--set {item}")
+            cfg = TrainConfig.from_dict(d, where=f"--set {item}", complete=False)
+        cfg.check("config after --set overrides")
+        return cfg
+
+
+def describe_config(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field, nested sections flattened with dots."""
+    out: list[tuple[str, str, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(tp) and tp is not DataSource:
+            out.append((prefix + f.name, "", f.metadata.get("help", "")))
+            out.extend(describe_config(tp, prefix + f.name + "."))
+        else:
+            out.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
+    return out
+
+
+# ---------------------------------------------------------------------- generic (de)serialisation
+def _strip_optional(tp: Any) -> Any:
+    if _is_union(tp):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _type_name(tp: Any) -> str:
+    if _is_union(tp):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    if tp is Any:
+        return value
+    if _is_union(tp):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got null")
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, where)
+            except _Mismatch:
+                continue
+        raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            scalar = getattr(tp, "_from_scalar", None)
+            if scalar is not None:
+                try:
+                    return scalar(value)
+                except ValueError as exc:
+                    raise WorkbenchError(f"{where}: '{key}': {exc}") from None
+            raise _Mismatch
+        return build_dataclass(tp, value, where, prefix=f"{key}.")
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise _Mismatch
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce_strict(v, item_tp, f"{key}.{i}", where) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    return value
+
+
+def _coerce_strict(value: Any, tp: Any, key: str, where: str) -> Any:
+    try:
+        return _coerce(value, tp, key, where)
+    except _Mismatch:
+        raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}") from None
+
+
+def build_dataclass(cls: type, data: Any, where: str, prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, converting types; unknown keys are errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        scalar = getattr(cls, "_from_scalar", None)
+        if scalar is not None:
+            try:
+                return scalar(data)
+            except ValueError as exc:
+                raise WorkbenchError(f"{where}: '{prefix.rstrip('.')}': {exc}") from None
+        raise WorkbenchError(f"{where}: '{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    for k in data:
+        if k not in known:
+            raise WorkbenchError(f"{where}: unknown key '{prefix}{k}' (known keys: {', '.join(known)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = _coerce_strict(data[f.name], hints[f.name], f"{prefix}{f.name}", where)
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise WorkbenchError(
+                f"{where}: '{prefix}{f.name}' must be one of {', '.join(choices)}, got {value!r}"
+            )
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise WorkbenchError(f"{where}: '{prefix.rstrip('.') or 'config'}': {exc}") from None
+    except TypeError as exc:  # a required field is missing
+        raise WorkbenchError(f"{where}: '{prefix.rstrip('.') or 'config'}': {exc}") from None
+
+
+def _set_path(d: Any, parts: list[str], value: Any, where: str) -> None:
+    node = d
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            try:
+                idx = int(part)
+                node[idx]  # noqa: B018 - bounds check
+            except (ValueError, IndexError):
+                raise WorkbenchError(
+                    f"{where}: '{'.'.join(parts[: i + 1])}' is not a valid list index"
+                ) from None
+            if last:
+                node[idx] = value
+            else:
+                if node[idx] is None:
+                    node[idx] = {}
+                node = node[idx]
+            continue
+        if not isinstance(node, dict):
+            raise WorkbenchError(f"{where}: '{'.'.join(parts[:i])}' is not a section, cannot set '{part}'")
+        if last:
+            node[part] = value
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+def resolve_defenses(defenses: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """Check every defense name against the registry and fill in its settings' defaults."""
+    from ._plugins import get_defense
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, settings in (defenses or {}).items():
+        cls = get_defense(str(name), where=where)
+        obj = build_dataclass(cls.Settings, settings or {}, where, prefix=f"defenses.{name}.")
+        out[str(name)] = dataclasses.asdict(obj)
+    return out

@@ -1,0 +1,53 @@
+"""Per-run training plots: ``plots.html`` with one panel per logged quantity (plotly, imported lazily)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from workbench._io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+_SKIP = {"step", "epoch", "examples", "seconds"}
+
+
+def write_plots(run_dir: str | Path) -> Path | None:
+    """Write ``<run_dir>/plots.html`` from ``metrics.jsonl``; returns its path (None without plotly)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    keys: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in _SKIP and k not in keys and isinstance(v, int | float):
+                keys.append(k)
+    try:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+    except ImportError:
+        log.warning("plotly is not installed; no plots.html for %s", run_dir)
+        return None
+    if not keys:
+        return None
+    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, subplot_titles=keys, vertical_spacing=0.02)
+    for i, k in enumerate(keys, start=1):
+        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), int | float)]
+        fig.add_trace(
+            go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=k),
+            row=i,
+            col=1,
+        )
+    fig.update_layout(height=220 * len(keys), showlegend=False, title=f"training metrics: {run_dir.name}")
+    fig.update_xaxes(title_text="step", row=len(keys), col=1)
+    out = run_dir / "plots.html"
+    atomic_write_text(out, fig.to_html(include_plotlyjs=True, full_html=True))
+    return out
