@@ -27,6 +27,11 @@ def rows_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_rows.jsonl")
 
 
+def judge_cache_dir(out: Path) -> Path:
+    """Where ``extract-vector`` caches judgments, so a rerun only judges new answers."""
+    return out.with_name(f"{out.stem}_judge_cache")
+
+
 def extract_vector(
     trait: Annotated[
         str,
@@ -74,10 +79,15 @@ def extract_vector(
 
     start = time.perf_counter()
     lm = _load(model)
+    judge_obj: object = judge
+    if judge.strip() != "none":
+        from workbench.judges import make_judge
+
+        judge_obj = make_judge(judge, cache_dir=judge_cache_dir(Path(out)))
     result = extract_from_trait(
         lm,
         trait,
-        judge=judge,
+        judge=judge_obj,
         n_per_question=n_per_question,
         n_questions=n_questions or None,
         n_instructions=n_instructions or None,
@@ -101,6 +111,8 @@ def extract_vector(
     typer.echo(f"response_avg norm: largest at layer {top} ({float(norms[top]):.3f}), middle layer "
                f"{lm.n_layers // 2} ({float(norms[lm.n_layers // 2]):.3f})")  # fmt: skip
     typer.echo(f"wrote {rows} ({len(result.rows)} answers)")
+    if result.filtered:
+        typer.echo(f"judgments cached in {judge_cache_dir(Path(out))}")
     typer.echo(f"took {time.perf_counter() - start:.0f} s")
 
 

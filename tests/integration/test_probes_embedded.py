@@ -22,10 +22,10 @@ def test_evil_vector_separates_held_out_answers(smollm, tmp_path):
         "evil",
         judge="none",
         n_per_question=1,
-        n_questions=4,
-        n_instructions=2,
+        n_questions=8,
+        n_instructions=1,
         max_new_tokens=24,
-        batch_size=8,
+        batch_size=16,
         progress=False,
     )
     assert not res.filtered and res.n_kept == res.n_pairs == 8
@@ -36,20 +36,21 @@ def test_evil_vector_separates_held_out_answers(smollm, tmp_path):
         assert v.vectors.shape == (30, 576)
         assert torch.isfinite(v.vectors).all() and v.norms().min() > 0
         assert v.metadata["trait"] == "evil" and v.metadata["n_positive"] == 8
-    # held-out questions, answered under the first instruction pair, projected at a middle layer
+    # held-out questions answered (greedy) under the positive and the negative instruction, projected at a
+    # middle layer with the instruction in context. Measured (seeds 0 and 1): mean difference +2.8 / +3.1
+    # (spread of single answers about 5), 6 of 8 questions ordered correctly.
     trait = load_trait("evil")
     pos_sys, neg_sys = trait.instructions[0]
-    questions = list(trait.eval_questions[:4])
+    questions = list(trait.eval_questions[:8])
+    msgs = [
+        [{"role": "system", "content": system}, {"role": "user", "content": q}]
+        for system in (pos_sys, neg_sys)
+        for q in questions
+    ]
+    answers = generate(lm, msgs, max_new_tokens=24, batch_size=16)
     layer = lm.n_layers // 2
-    prompts, answers, polarity = [], [], []
-    for system, tag in ((pos_sys, 1), (neg_sys, 0)):
-        msgs = [[{"role": "system", "content": system}, {"role": "user", "content": q}] for q in questions]
-        prompts += msgs
-        answers += generate(lm, msgs, max_new_tokens=24, batch_size=8)
-        polarity += [tag] * len(msgs)
-    proj = answer_projections(lm, vecs["response_avg"], layer, prompts, answers, batch_size=8)
-    pos = proj[torch.tensor(polarity) == 1]
-    neg = proj[torch.tensor(polarity) == 0]
+    proj = answer_projections(lm, vecs["response_avg"], layer, msgs, answers, batch_size=16)
+    pos, neg = proj[: len(questions)], proj[len(questions) :]
     log.warning("layer %d projections: positive %s, negative %s", layer, pos.tolist(), neg.tolist())
     assert pos.mean() > neg.mean()
-    assert (pos.unsqueeze(1) > neg.unsqueeze(0)).float().mean() >= 0.75  # most pairs ordered correctly
+    assert (pos > neg).sum() >= 5  # same question, positive vs negative instruction

@@ -167,3 +167,25 @@ def test_screen_cli_writes_a_run_directory(tmp_path, capsys):
         screen(vector=vec_path, layer=9, data=data, out=tmp_path / "r2", model="random:tiny-llama")
     with pytest.raises(WorkbenchError, match="another model"):
         screen(vector=vec_path, layer=1, data=data, out=tmp_path / "r3", model="random:tiny-qwen2")
+
+
+def test_cli_functions_register_with_typer():
+    import typer
+    from typer.testing import CliRunner
+
+    from probes._cli import extract_vector, screen
+
+    app = typer.Typer()
+    app.command("extract-vector")(extract_vector)
+    app.command("screen")(screen)
+    for cmd, flags in (
+        (
+            "extract-vector",
+            ["--trait", "--judge", "--n-per-question", "--threshold", "--n-instructions", "--out"],
+        ),
+        ("screen", ["--vector", "--layer", "--data", "--out", "--threshold"]),
+    ):
+        res = CliRunner().invoke(app, [cmd, "--help"], terminal_width=200)
+        assert res.exit_code == 0, res.output
+        for flag in flags:
+            assert flag in res.output, (cmd, flag)
