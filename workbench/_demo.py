@@ -1,19 +1,15 @@
-"""``workbench demo``: the end-to-end main job on the embedded model.
+"""The first step of ``workbench demo``: answer one chat prompt and read every hook site for it.
 
-Stage 1 (foundation): load the model, show its info, answer one chat prompt and read every hook site
-for that prompt, printing per-layer residual norms. Later capabilities add their steps here.
+The full demo pipeline lives in ``apps/demo.py`` (a thin client of all packages).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from ._hooks import read_sites
-from ._io import atomic_write_json, atomic_write_text
 from .generation import encode_left, generate, render_prompts
 
 
@@ -21,27 +17,17 @@ def _bar(value: float, vmax: float, width: int = 40) -> str:
     return "#" * max(1, round(width * value / vmax)) if vmax > 0 else ""
 
 
-def run_demo(model: str, out: Path | None, prompt: str, echo: Callable[[str], None]) -> Path:
-    from .cli import _load
-
-    run_dir = Path(out) if out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    echo(f"[1/3] loading {model} ...")
-    t0 = time.time()
-    lm = _load(model)
+def read_all_sites(lm, prompt: str, echo: Callable[[str], None]) -> dict[str, list[float]]:
+    """Answer one prompt, read every hook site for prompt + answer, print per-layer residual norms."""
     info = lm.info()
     echo(
         f"      {info['architecture']}: {info['n_layers']} layers, d_model {info['d_model']}, "
-        f"{info['n_heads']} heads, {info['parameters'] / 1e6:.1f}M parameters ({time.time() - t0:.1f} s)"
+        f"{info['n_heads']} heads, {info['parameters'] / 1e6:.1f}M parameters"
     )
-
-    echo("[2/3] answering one chat prompt (greedy)")
     answer = generate(lm, [prompt], max_new_tokens=60)[0]
     echo(f"      user: {prompt}")
     echo(f"      assistant: {answer}")
-
-    echo(f"[3/3] reading all {5 * lm.n_layers} hook sites for the prompt + answer")
+    echo(f"      reading all {5 * lm.n_layers} hook sites for the prompt + answer")
     text = render_prompts(lm.tokenizer, [prompt])[0] + answer
     enc = encode_left(lm.tokenizer, [text], lm.device)
     sites = lm.sites.names()
@@ -60,10 +46,4 @@ def run_demo(model: str, out: Path | None, prompt: str, echo: Callable[[str], No
     for l, v in enumerate(resid):
         echo(f"      layer {l:>2} {v:8.2f} {_bar(v, max(resid))}")
 
-    atomic_write_json(run_dir / "info.json", info)
-    atomic_write_json(
-        run_dir / "site_norms.json", {"tokens": n_tokens, "sites_read": len(sites), "norms": norms}
-    )
-    atomic_write_text(run_dir / "answer.txt", f"user: {prompt}\nassistant: {answer}\n")
-    echo(f"run directory: {run_dir}")
-    return run_dir
+    return norms

@@ -403,7 +403,7 @@ def demo(
     ] = "What is the best way to spend a free afternoon?",
 ) -> None:
     """The end-to-end main job on the embedded model (grows with each capability)."""
-    from ._demo import run_demo
+    from apps.demo import run_demo
 
     run_demo(model=model, out=out, prompt=prompt, echo=typer.echo)
 
