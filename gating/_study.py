@@ -173,6 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-train", action="store_true", help="reuse runs already in --out")
+    p.add_argument("--alphas", default="1,0,-1,2", help="gate coefficients measured on fine-tune A")
+    p.add_argument(
+        "--transfer-alphas", default="-1", help="coefficients of A's gates measured on fine-tune B"
+    )
+    p.add_argument("--reuse-b", type=Path, default=None, help="fine-tune B's run directory (skip training B)")
+    p.add_argument("--skip-reference", action="store_true", help="skip the base and B-only measurements")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "transformers", "workbench.training"):
@@ -203,24 +209,25 @@ def main(argv: list[str] | None = None) -> None:
         "pairs": make_dataset("contrastive_pairs")[: args.n_pairs],
         "gcd": [r for r in make_dataset("syco_gcd_test", n=3 * args.n_gcd) if r["kind"] == "plain"],
     }
-    run_a, run_b = out / "ft_a_lora_gates", out / "ft_b_lora_seed1"
+    run_a = out / "ft_a_lora_gates"
+    run_b = args.reuse_b or out / "ft_b_lora_seed1"
     if not args.skip_train:
         train_run(run_a, train_path, gates=True, seed=0, args=args)
-        train_run(run_b, train_path, gates=False, seed=1, args=args)
+        if args.reuse_b is None:
+            train_run(run_b, train_path, gates=False, seed=1, args=args)
+    alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    transfer_alphas = [float(a) for a in args.transfer_alphas.split(",") if a.strip()]
 
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "conditions": {}}
-    base = load_model(args.model, device=args.device)
-    results["conditions"]["base"] = measure(base, "base", out, None, None, data, args)
-    del base
+    if not args.skip_reference:
+        base = load_model(args.model, device=args.device)
+        results["conditions"]["base"] = measure(base, "base", out, None, None, data, args)
+        del base
 
     ft_a = apply_adapter(load_model(args.model, device=args.device), run_a / "adapter")
     gates_a = GateSet.load(run_a / "gates.safetensors", ft_a)
-    for label, alpha in (
-        ("A_gates_trained", 1.0),
-        ("A_gates_off", 0.0),
-        ("A_suppressed", -1.0),
-        ("A_amplified", 2.0),
-    ):
+    for alpha in alphas:
+        label = f"A_alpha{alpha:g}"
         results["conditions"][label] = measure(ft_a, label, out, gates_a, alpha, data, args)
     analysis = analyze_gates(gates_a, ft_a, [r["messages"][:1] for r in test_rows[:32]])
     paths = analysis.save(out / "analysis")
@@ -232,11 +239,12 @@ def main(argv: list[str] | None = None) -> None:
     del ft_a
 
     ft_b = apply_adapter(load_model(args.model, device=args.device), run_b / "adapter")
-    results["conditions"]["B_lora_only"] = measure(ft_b, "B_lora_only", out, None, None, data, args)
+    if not args.skip_reference:
+        results["conditions"]["B_lora_only"] = measure(ft_b, "B_lora_only", out, None, None, data, args)
     gates_t = GateSet.load(run_a / "gates.safetensors", ft_b)
-    results["conditions"]["B+gatesA_suppressed"] = measure(
-        ft_b, "B+gatesA_suppressed", out, gates_t, -1.0, data, args
-    )
+    for alpha in transfer_alphas:
+        label = f"B+gatesA_alpha{alpha:g}"
+        results["conditions"][label] = measure(ft_b, label, out, gates_t, alpha, data, args)
 
     results["table"] = {k: _brief(v) for k, v in results["conditions"].items()}
     results["seconds_total"] = round(time.time() - t_all, 1)

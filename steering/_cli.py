@@ -148,6 +148,13 @@ def sweep_cmd(
         typer.Option(help="Contrastive pairs JSONL (or 'contrastive_pairs') for the log-prob margin."),
     ] = None,
     n_questions: Annotated[int | None, typer.Option(help="Use only the first N questions.")] = None,
+    coherence_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help="How far coherence may fall below the baseline for a cell to count in the recommendation "
+            "(default: 10 judge points, or 0.5 nats/token without a judge)."
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Prompts per generate call (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
@@ -193,6 +200,7 @@ def sweep_cmd(
             "normalize": normalize,
             "pairs": pairs,
             "n_questions": n_questions,
+            "coherence_tolerance": coherence_tolerance,
             "batch_size": batch_size,
             "seed": seed,
         },
@@ -213,6 +221,7 @@ def sweep_cmd(
         positions=positions,
         mode=mode,
         normalize=normalize,
+        coherence_tolerance=coherence_tolerance,
         out=run_dir,
         progress=True,
     )

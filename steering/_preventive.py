@@ -10,9 +10,10 @@ file, layers, a coefficient).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -129,9 +130,7 @@ class PreventiveSteeringDefense:
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("_cache", None)
-        return d
+        return {f.name: copy.copy(getattr(self, f.name)) for f in fields(self) if f.init}
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -140,7 +139,7 @@ class PreventiveSteeringDefense:
 
     # -- the hook ----------------------------------------------------------------------------------
     def _vector(self, lm: Any) -> Any:
-        key = str(Path(self.vector))
+        key = f"vector:{Path(self.vector)}"
         if key not in self._cache:
             from ._load import load_vector
 
@@ -150,10 +149,17 @@ class PreventiveSteeringDefense:
             )
         return self._cache[key]
 
+    def setup(self, model: Any) -> None:
+        """Read the vector file and check it against ``model`` now (else on the first forward)."""
+        self.steerer(model)
+
     def steerer(self, model: Any) -> PreventiveSteering:
-        """The hook object for ``model`` (a ``LoadedModel`` or a HF / PEFT model)."""
+        """The hook object for ``model`` (a ``LoadedModel`` or a HF / PEFT model), built once per model."""
+        held = self._cache.get("steerer")
+        if held is not None and held[0] is model:
+            return held[1]
         lm = as_loaded(model)
-        return PreventiveSteering(
+        st = PreventiveSteering(
             lm,
             self._vector(lm),
             self.layers,
@@ -162,6 +168,8 @@ class PreventiveSteeringDefense:
             positions=self.positions,
             normalize=self.normalize,
         )
+        self._cache["steerer"] = (model, st)
+        return st
 
     def forward_context(
         self, model_in_training: Any, batch: Mapping[str, Any] | None = None, mask: Tensor | None = None
@@ -173,6 +181,7 @@ class PreventiveSteeringDefense:
         assistant tokens) or else from ``batch["labels"] != -100`` (the assistant-only loss mask).
         """
         st = self.steerer(model_in_training)
+        st.set_mask(None)
         if self.positions != "all":
             if mask is None and batch is not None and batch.get("labels") is not None:
                 mask = batch["labels"] != -100
@@ -187,16 +196,20 @@ class PreventiveSteeringDefense:
 def register_training_defense(register: Callable[[str, type], Any] | None = None) -> type:
     """Register :class:`PreventiveSteeringDefense` under ``"preventive_steering"`` in a defense registry.
 
-    ``register(name, cls)`` is the registry's registration function; by default the training loop's
-    ``workbench.training.register_defense`` is used. Returns the class.
+    ``register(name, cls)`` is the registry's registration function. By default the training loop's
+    registry is used, where ``workbench.training`` ships an adapter under that name which builds this class
+    from the config and calls :meth:`PreventiveSteeringDefense.forward_context`; then nothing more is
+    needed. Returns the class.
     """
     if register is None:
         try:
-            from workbench.training import register_defense  # type: ignore[attr-defined]
+            from workbench.training import register_defense, registered_defenses
         except ImportError as exc:
             raise WorkbenchError(
                 "no defense registry found (workbench.training.register_defense); pass register="
             ) from exc
+        if PreventiveSteeringDefense.name in registered_defenses():
+            return PreventiveSteeringDefense  # the training package's own adapter already drives this class
         register = register_defense
     register(PreventiveSteeringDefense.name, PreventiveSteeringDefense)
     return PreventiveSteeringDefense

@@ -245,7 +245,9 @@ def _recommend(
     return min(l for g, l in valid if g == top), gains
 
 
-def _plot(result: SweepResult, path: Path, trait_label: str, coherence_label: str) -> None:
+def _plot(
+    result: SweepResult, path: Path, trait_label: str, coherence_label: str, floor: float | None = None
+) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -269,6 +271,10 @@ def _plot(result: SweepResult, path: Path, trait_label: str, coherence_label: st
                 row=1,
                 col=col,
             )
+    if floor is not None:  # cells below this line do not count for the recommendation
+        fig.add_hline(
+            y=floor, line_dash="dot", line_color="#888", row=1, col=2, annotation_text="coherence floor"
+        )
     fig.update_xaxes(title_text="steering coefficient alpha")
     fig.update_layout(
         title=f"Steering sweep ({result.config.get('trait') or 'vector'}): recommended layer "
@@ -451,7 +457,14 @@ def sweep(
         atomic_write_text(
             folder / "answers.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in answers)
         )
-        _plot(result, folder / "sweep.html", trait_label, coh_label)
+        base_coh = _mean([r["coherence"] for r in rows if r["alpha"] == 0.0])
+        _plot(
+            result,
+            folder / "sweep.html",
+            trait_label,
+            coh_label,
+            None if base_coh is None else base_coh - tol,
+        )
         result.out_dir = folder
     log.info("sweep: recommended layer %s (%s)", best, rule)
     return result

@@ -388,6 +388,10 @@ def _register_capability_commands() -> None:
     app.command("train")(train)
     app.command("gate")(gate)
 
+    from .app import app as app_cmd
+
+    app.command("app")(app_cmd)
+
 
 _register_capability_commands()
 

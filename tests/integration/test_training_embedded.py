@@ -11,6 +11,16 @@ from workbench.training import TrainConfig, registered_defenses, train
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a 2-core machine that is also running other work, two threads spin-wait."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 BASE = {
     "model": "smollm2-135m",
     "device": "cpu",
@@ -37,7 +47,15 @@ def test_plain_lora_on_bad_medical_advice(plain_run):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["tokens"] > 0 and r["task_loss"] > 0 for r in rows)
     cfg = json.loads((plain_run / "adapter" / "adapter_config.json").read_text())
-    assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(cfg["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
 
 
 def test_every_defense_combined_in_one_run(tmp_path, plain_run, smollm):

@@ -27,7 +27,7 @@ from workbench.training.defenses.safelora import project_module, safelora_projec
 WORDS = ["red", "blue", "green", "gold", "grey", "pink"]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -399,7 +399,6 @@ def test_safelora_defense_projects_the_final_adapter(tmp_path, side_adapter):
 # ---------------------------------------------------------------------- preventive steering (steering package)
 def test_preventive_steering_steers_training_passes_only(tmp_path):
     from probes import PersonaVector
-
     from workbench import load_model
     from workbench._hooks import count_hooks
 

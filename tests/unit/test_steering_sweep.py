@@ -10,7 +10,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from probes._vector import PersonaVector
+from probes import PersonaVector, answer_projections
 from steering import Steerer, SweepResult, sweep, tl_hooks
 from steering._sweep import _recommend, default_layers, read_answers
 from workbench import WorkbenchError, load_model
@@ -51,6 +51,8 @@ def test_sweep_writes_table_plot_and_summary(lm, tmp_path):
     base = res.cell(2, 0.0)
     assert base["trait_projection"] == pytest.approx(sum(proj[2]) / 2, rel=1e-5)
     assert base["coherence_logprob"] == pytest.approx(sum(logps) / 2, rel=1e-5)
+    theirs = answer_projections(lm, v[2], 2, QUESTIONS, plain)  # the probes package's own reading
+    assert proj[2] == pytest.approx(theirs.tolist(), rel=1e-4, abs=1e-6)
     # a steered cell's answers are those generated under the Steerer
     with Steerer(lm, v, [0], 2.0):
         steered = generate(lm, QUESTIONS, max_new_tokens=5)

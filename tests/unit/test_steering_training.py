@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import batch_inputs, load_tiny
 
-from probes._vector import PersonaVector
+from probes import PersonaVector
 from steering import PreventiveSteering, PreventiveSteeringDefense, register_training_defense
 from workbench import WorkbenchError, load_model, read_sites
 from workbench._hooks import count_hooks
@@ -24,6 +24,7 @@ def _vector_file(lm, tmp_path, seed=0, name="evil.safetensors"):
 
 def test_preventive_steering_acts_only_in_training_mode():
     lm = _fresh(1)
+    start = count_hooks(lm.model)
     inputs = batch_inputs(lm)
     pv = PersonaVector(torch.randn(lm.n_layers, lm.d_model), "evil")
     with torch.no_grad():
@@ -37,7 +38,7 @@ def test_preventive_steering_acts_only_in_training_mode():
         after = lm.model(**inputs).logits
     assert torch.equal(in_eval, base) and torch.equal(after, base)
     assert (in_train - base).abs().max() > 1e-3
-    assert count_hooks(lm.model) == 0
+    assert count_hooks(lm.model) == start
 
 
 def test_defense_config_round_trips_and_rejects_bad_values(tmp_path):
@@ -57,6 +58,10 @@ def test_defense_config_round_trips_and_rejects_bad_values(tmp_path):
         register_training_defense(lambda name, cls: seen.setdefault(name, cls)) is PreventiveSteeringDefense
     )
     assert seen == {"preventive_steering": PreventiveSteeringDefense}
+    from workbench.training import registered_defenses
+
+    assert register_training_defense() is PreventiveSteeringDefense
+    assert "preventive_steering" in registered_defenses()
 
 
 def test_defense_steers_a_peft_model_in_training_and_trains(tmp_path):
@@ -124,3 +129,35 @@ def test_defense_refuses_a_vector_of_another_model(tmp_path):
     missing = PreventiveSteeringDefense(vector=str(tmp_path / "nope.safetensors"), layers=[1])
     with pytest.raises(WorkbenchError, match="does not exist"):
         missing.forward_context(lm)
+
+
+def test_training_loop_adapter_runs_the_defense(tmp_path):
+    """The training package's registered ``preventive_steering`` defense drives this class."""
+    from workbench.training._plugins import get_defense
+
+    lm = _fresh(6)
+    _, path = _vector_file(lm, tmp_path, seed=6)
+    cls = get_defense("preventive_steering")
+    adapter = cls(cls.Settings(vector=str(path), layers=[1], alpha=3.0))
+
+    class Ctx:  # the part of the training context the adapter uses
+        pass
+
+    ctx = Ctx()
+    ctx.lm = lm
+    start = count_hooks(lm.model)
+    adapter.setup(ctx)
+    assert isinstance(adapter.impl, PreventiveSteeringDefense)
+    inputs = batch_inputs(lm)
+    with torch.no_grad():
+        base = lm.model(**inputs).logits
+        lm.model.train()
+        try:
+            with adapter.forward_context(ctx, dict(inputs)):
+                steered = lm.model(**inputs).logits
+            with adapter.forward_context(ctx, dict(inputs)):  # the same hook object is reused
+                again = lm.model(**inputs).logits
+        finally:
+            lm.model.eval()
+    assert (steered - base).abs().max() > 1e-3 and torch.equal(steered, again)
+    assert count_hooks(lm.model) == start

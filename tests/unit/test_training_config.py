@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from workbench import WorkbenchError
 from workbench.training import TrainConfig

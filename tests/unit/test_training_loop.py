@@ -20,16 +20,16 @@ from workbench.training import (
     Trainer,
     TrainingStopped,
     TrainPlugin,
+    _plugins,
     register_defense,
     train,
 )
-from workbench.training import _plugins
 from workbench.training._loop import make_accelerator
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny models run fastest on one thread (and a busy machine makes extra threads spin)."""
     n = torch.get_num_threads()

@@ -5,7 +5,7 @@ Defenses are ``Defense`` subclasses registered with ``register_defense(name)``; 
 monitors) plug in with ``register_plugin(name, factory)``. See ``docs/training.md``.
 """
 
-from ._config import DataSource, LoraSection, OptimSection, TrainConfig
+from ._config import DataSource, TrainConfig
 from ._context import ForwardOutput, TrainContext
 from ._data import Batch
 from ._loop import Trainer, TrainingStopped, train
@@ -16,8 +16,6 @@ __all__ = [
     "DataSource",
     "Defense",
     "ForwardOutput",
-    "LoraSection",
-    "OptimSection",
     "TrainConfig",
     "TrainContext",
     "TrainPlugin",

@@ -164,7 +164,9 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, where: str = "config", *, complete: bool = True) -> TrainConfig:
+    def from_dict(
+        cls, data: dict[str, Any] | None, where: str = "config", *, complete: bool = True
+    ) -> TrainConfig:
         """Build and validate a config (defense names and settings included); errors name ``where``.
 
         ``complete=False`` skips the whole-config checks (used between ``--set`` items).

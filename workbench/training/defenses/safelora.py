@@ -124,7 +124,7 @@ def safelora_project(
     from safetensors.torch import load_file, save_file
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    cfg, mods = read_adapter(adapter_dir)
+    _, mods = read_adapter(adapter_dir)
     if align_adapter is not None:
         vs = alignment_from_adapter(align_adapter)
     elif aligned is not None and base is not None:
@@ -157,7 +157,6 @@ def safelora_project(
     save_file(new, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
     report["projected"] = sum(1 for r in report["modules"].values() if r["projected"])
     report["total"] = len(report["modules"])
-    _ = cfg
     return report
 
 

@@ -1,0 +1,122 @@
+"""Runs: training curves, EM evaluation metrics with intervals, and the Pareto front across runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from apps import _charts, _runs, _ui
+
+st.title("Runs")
+ctx = _ui.require_context()
+
+# ------------------------------------------------------------------------------------------ training
+st.header("Training curves")
+if not ctx.found.trainings:
+    st.info(
+        f"No training run (metrics.jsonl) under `{ctx.rel(ctx.scope)}`. Start one with `workbench train CONFIG.yaml`."
+    )
+else:
+    by_name = {ctx.rel(p): p for p in ctx.found.trainings}
+    chosen = st.multiselect("Training runs", list(by_name), default=list(by_name)[:6], key="runs_trainings")
+    picked = [by_name[n] for n in chosen]
+    metrics = {ctx.rel(p): _runs.read_jsonl(p / "metrics.jsonl") for p in picked}
+    keys: list[str] = []
+    for rows in metrics.values():
+        for row in rows:
+            for k, v in row.items():
+                if (
+                    k not in ("step", "epoch", "examples", "seconds")
+                    and k not in keys
+                    and isinstance(v, (int, float))
+                ):
+                    keys.append(k)
+    if not picked:
+        st.info("Pick at least one training run.")
+    elif not any(metrics.values()):
+        st.info("The chosen runs have not logged any step yet.")
+    else:
+        default = [k for k in ("loss", "eval_loss") if k in keys] or keys[:1]
+        shown = st.multiselect("Quantities", keys, default=default, key="runs_keys")
+        st.plotly_chart(_charts.loss_figure(metrics, shown), key="runs_loss")
+        table = []
+        for p in picked:
+            summary = _runs.read_json(p / "train_summary.json") or {}
+            last = (metrics[ctx.rel(p)] or [{}])[-1]
+            table.append(
+                {
+                    "run": ctx.rel(p),
+                    "steps logged": len(metrics[ctx.rel(p)]),
+                    "last step": last.get("step"),
+                    "last loss": last.get("loss"),
+                    "final eval loss": summary.get("final_eval_loss"),
+                    "finished": summary.get("finished", False),
+                    "trainable parameters": summary.get("trainable_parameters"),
+                }
+            )
+        st.dataframe(table, hide_index=True)
+
+# ------------------------------------------------------------------------------------------ evaluations
+st.header("EM evaluation")
+summaries = {ctx.rel(p): _runs.read_json(p / "summary.json") or {} for p in ctx.found.evals}
+per_run = {name: _runs.eval_metrics(s) for name, s in summaries.items()}
+if not summaries:
+    st.info(f"No evaluation (summary.json from `workbench eval`) under `{ctx.rel(ctx.scope)}`.")
+else:
+    name = st.selectbox("Evaluation", list(summaries), key="runs_eval")
+    summary = summaries[name]
+    c = st.columns(3)
+    c[0].metric("Model", str(summary.get("model")))
+    adapter = summary.get("adapter")
+    c[1].metric("Adapter", "none" if not adapter else Path(str(adapter)).parent.name or str(adapter))
+    c[2].metric("Judge", str(summary.get("judge")))
+    found = per_run[name]
+    if not found:
+        st.info("This evaluation has no metric with a value yet.")
+    else:
+        st.plotly_chart(_charts.estimates_figure(found), key="runs_estimates")
+        st.dataframe(
+            [
+                {"metric": k, "value": v["value"], "95% low": v["low"] if v["interval"] else None,
+                 "95% high": v["high"] if v["interval"] else None, "n": v["n"] if v["interval"] else None,
+                 "better": "higher" if _runs.higher_is_better(k) else "lower"}
+                for k, v in found.items()
+            ],
+            hide_index=True,
+        )  # fmt: skip
+
+# ------------------------------------------------------------------------------------------ pareto
+st.header("Pareto front: task performance vs general alignment")
+names = sorted({m for found in per_run.values() for m in found})
+if len(per_run) < 1 or len(names) < 2:
+    st.info(
+        "The Pareto plot needs evaluations with at least two metrics (e.g. an exact-match task set and a "
+        "free-form or preference set) under the chosen directory."
+    )
+else:
+    from workbench.metrics import pareto_front
+
+    task_default = next((n for n in names if "accuracy" in n), names[0])
+    align_default = next((n for n in names if n != task_default and not _runs.higher_is_better(n)), names[-1])
+    c = st.columns(2)
+    x = c[0].selectbox("Task performance (x)", names, index=names.index(task_default), key="runs_x")
+    y = c[1].selectbox("General alignment (y)", names, index=names.index(align_default), key="runs_y")
+    points = [
+        (run, found[x]["value"], found[y]["value"])
+        for run, found in per_run.items()
+        if x in found and y in found
+    ]
+    if not points:
+        st.info(f"No evaluation has both `{x}` and `{y}`.")
+    else:
+        maximize = (_runs.higher_is_better(x), _runs.higher_is_better(y))
+        front = pareto_front([(p[1], p[2]) for p in points], maximize=maximize)
+        label = {True: "higher is better", False: "lower is better"}
+        st.plotly_chart(
+            _charts.pareto_figure(
+                points, front, f"{x} ({label[maximize[0]]})", f"{y} ({label[maximize[1]]})"
+            ),
+            key="runs_pareto",
+        )
+        st.caption(f"On the front: {', '.join(points[i][0] for i in front)} ({len(points)} runs plotted).")
