@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--reuse-b", type=Path, default=None, help="fine-tune B's run directory (skip training B)")
     p.add_argument("--skip-reference", action="store_true", help="skip the base and B-only measurements")
+    p.add_argument("--results-name", default="results.json", help="file name of the figures under --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "transformers", "workbench.training"):
@@ -248,8 +249,8 @@ def main(argv: list[str] | None = None) -> None:
 
     results["table"] = {k: _brief(v) for k, v in results["conditions"].items()}
     results["seconds_total"] = round(time.time() - t_all, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    log.info("done in %.0f s; results in %s", time.time() - t_all, out / "results.json")
+    (out / args.results_name).write_text(json.dumps(results, indent=1, default=str))
+    log.info("done in %.0f s; results in %s", time.time() - t_all, out / args.results_name)
 
 
 if __name__ == "__main__":
