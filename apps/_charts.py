@@ -96,7 +96,7 @@ def token_heatmap(rows: Sequence[tuple[str, Sequence[str], Sequence[float]]], la
             x=list(range(width)),
             y=names,
             text=text,
-            texttemplate="%{text}",
+            texttemplate="%{text}" if width <= 24 else None,  # longer answers: tokens on hover only
             colorscale="RdBu",
             reversescale=True,
             zmid=0.0,

@@ -58,7 +58,7 @@ def run_demo(model: str, out: Path | None, prompt: str, echo: Callable[[str], No
     from workbench._demo import read_all_sites
     from workbench.cli import _load
     from workbench.data import load_trait, make_dataset
-    from workbench.evaluation import EvalConfig, Evaluator
+    from workbench.evaluation import EvalConfig, Evaluator, write_summary
     from workbench.runs import prepare_run_dir, write_config
 
     run_dir = prepare_run_dir(out, "demo", overwrite=True)
@@ -138,6 +138,11 @@ def run_demo(model: str, out: Path | None, prompt: str, echo: Callable[[str], No
         op = ev.preference(opinion, name="opinion_heldout")
         gen = ev.preference(general, name="general_pairs")
         syc = ev.sycophancy(ood, name="sycophancy_ood")
+        write_summary(
+            run_dir / "eval" / name,
+            {"model": model, "condition": name, "judge": "none",
+             "sets": {"opinion_heldout": op, "general_pairs": gen, "sycophancy_ood": syc}},
+        )  # fmt: skip
         table[name] = {
             "opinion_gap": op["preference_gap"],
             "opinion_share_agree": op["share_preferring_misaligned"],

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +27,12 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-PAGES = {"Vectors": "Persona vectors", "Gates": "Alignment gates", "Runs": "Runs", "Data screening": "Data screening"}
+PAGES = {
+    "Vectors": "Persona vectors",
+    "Gates": "Alignment gates",
+    "Runs": "Runs",
+    "Data screening": "Data screening",
+}
 
 
 def _free_port() -> int:
@@ -109,8 +113,10 @@ def test_explorer_in_headless_chromium(tmp_path):
                 steered = page.locator(".st-key-steered-answer")
                 expect(steered.locator("h3")).to_contain_text(f"layer {layer}, α = 4")
                 before = steered.locator("code").inner_text()
-                thumb = page.locator(".stSlider").filter(has_text="alpha (steering coefficient)").get_by_role(
-                    "slider"
+                thumb = (
+                    page.locator(".stSlider")
+                    .filter(has_text="alpha (steering coefficient)")
+                    .get_by_role("slider")
                 )
                 thumb.focus()
                 page.keyboard.press("End")  # the keyboard moves the slider to its maximum, alpha = 10

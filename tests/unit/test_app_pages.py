@@ -279,3 +279,12 @@ def test_paths_outside_the_root_are_refused(runs, tmp_path, monkeypatch):
 def test_sample_runs_build_quickly(runs):
     assert runs["build_seconds"] < 45, f"building the sample runs took {runs['build_seconds']:.1f} s"
     assert os.path.exists(runs["train"] / "gates.safetensors")
+
+
+def test_a_model_that_does_not_load_is_one_message(runs, monkeypatch):
+    at = _page(_app(runs["root"], monkeypatch=monkeypatch), "steering")
+    at.sidebar.text_input(key="model_spec::.").set_value("random:no-such-shape").run()
+    assert not at.exception
+    errors = _texts(at.error)
+    assert errors and all(e.startswith("Generating failed:") for e in errors)
+    assert "no-such-shape" in errors[0]

@@ -1,0 +1,1 @@
+"""Page scripts of the explorer (run by Streamlit through ``st.navigation``; not imported)."""
