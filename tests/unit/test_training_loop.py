@@ -238,23 +238,29 @@ def test_plugin_modules_are_discovered_from_the_environment(tmp_path, monkeypatc
     mod = tmp_path / "my_wb_plugin.py"
     mod.write_text(
         "from workbench.training import Defense, register_defense\n"
-        "@register_defense('from_env_plugin')\n"
+        "@register_defense('test_from_env_plugin')\n"
         "class D(Defense):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("WORKBENCH_PLUGINS", "my_wb_plugin")
     monkeypatch.setattr(_plugins, "_DISCOVERED", False)
-    cfg = TrainConfig.from_dict({"data": ["x.jsonl"], "defenses": {"from_env_plugin": {}}})
-    assert "from_env_plugin" in cfg.defenses
+    monkeypatch.setattr(_plugins, "_DEFENSES", dict(_plugins._DEFENSES))  # the registration is undone after
+    cfg = TrainConfig.from_dict({"data": ["x.jsonl"], "defenses": {"test_from_env_plugin": {}}})
+    assert "test_from_env_plugin" in cfg.defenses
 
 
 def test_two_processes_end_with_identical_weights(tmp_path):
     cfg = tiny_config(tmp_path, optim={"max_steps": 2, "grad_accum": 1})
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(cfg.to_yaml())
+    import socket
+
+    with socket.socket() as sock:  # a free port for the process group
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
         "-m", "workbench.training._launch", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet",
     ]  # fmt: skip
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -264,3 +270,26 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     assert len(summary["rank_checksums"]) == 2 and len(set(summary["rank_checksums"])) == 1
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["examples"] == 4  # 2 per process per step
+
+
+def test_cli_function_runs_under_typer(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from workbench.training._cli import train as train_cmd
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    app.command("train")(train_cmd)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(tiny_config(tmp_path).to_yaml())
+    runner = CliRunner()
+    assert "--set" in runner.invoke(app, ["train", "--help"]).output
+    res = runner.invoke(
+        app, ["train", str(cfg_path), "--set", "optim.max_steps=1", "--out", str(tmp_path / "run")]
+    )
+    assert res.exit_code == 0, res.output
+    assert "run directory:" in res.output
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["optim"]["max_steps"] == 1
+    bad = runner.invoke(app, ["train", str(cfg_path), "--set", "optim.nope=1", "--out", str(tmp_path / "r2")])
+    assert isinstance(bad.exception, WorkbenchError) and "optim.nope" in str(bad.exception)
