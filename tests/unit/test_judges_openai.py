@@ -69,6 +69,7 @@ class FakeServer:
                     server.auth.append(self.headers.get("Authorization", ""))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                counted = True
                 try:
                     if server.delay:
                         time.sleep(server.delay)
@@ -77,6 +78,11 @@ class FakeServer:
                         time.sleep(payload)
                         status, payload = 200, completion(body["messages"][0]["content"])
                     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                    # leave the in-flight count before answering: once the client has the answer it may
+                    # start its next request before this thread gets to run again
+                    with server.lock:
+                        server.in_flight -= 1
+                        counted = False
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
@@ -85,8 +91,9 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                    if counted:
+                        with server.lock:
+                            server.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
