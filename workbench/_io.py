@@ -56,3 +56,18 @@ def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
         fh.write(json.dumps(row, default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with a one-line error naming ``where`` and the line of a syntax error."""
+    import yaml
+
+    from ._errors import WorkbenchError
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise WorkbenchError(f"{where}{at}: invalid YAML ({problem})") from None

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from workbench._errors import WorkbenchError
+from workbench._io import parse_yaml
 
 from ._common import display
 from ._em_questions import JUDGE_PROMPTS
@@ -178,11 +179,5 @@ def load_eval_yaml(path: str | os.PathLike[str]) -> list[EvalQuestion]:
             text = fh.read()
     except FileNotFoundError:
         raise WorkbenchError(f"{name}: file not found") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise WorkbenchError(f"{name}{at}: invalid YAML ({problem})") from None
+    data = parse_yaml(text, str(name))
     return parse_eval_entries(data, name, _entry_lines(text))

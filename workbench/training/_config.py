@@ -18,6 +18,7 @@ from typing import Any, Union
 import yaml
 
 from workbench._errors import WorkbenchError
+from workbench._io import parse_yaml
 
 LOSS_REDUCTIONS = ("token_mean", "sequence_mean")
 
@@ -192,13 +193,7 @@ class TrainConfig:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise WorkbenchError(f"config file '{p}' not found") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f", line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise WorkbenchError(f"{p}{at}: invalid YAML ({problem})") from None
+        data = parse_yaml(text, str(p))
         if data is None:
             data = {}
         if not isinstance(data, dict):
