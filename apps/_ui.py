@@ -117,41 +117,44 @@ def model(spec: str, adapter: str | None = None) -> Iterator[Any]:
 
 
 # ---------------------------------------------------------------------------------------- generation
-def _generate(lm: Any, prompt: str, max_new_tokens: int, system: str | None) -> str:
+def _generate_rows(lm: Any, prompt: str, n: int, max_new_tokens: int, system: str | None) -> list[str]:
+    """The same prompt ``n`` times in one batched greedy call (one coefficient per row is set by the caller)."""
     from workbench.generation import generate
 
-    return generate(lm, [prompt], max_new_tokens=max_new_tokens, temperature=0.0, system=system)[0]
+    return generate(
+        lm, [prompt] * n, max_new_tokens=max_new_tokens, temperature=0.0, system=system, batch_size=n
+    )
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def base_answer(spec: str, adapter: str | None, prompt: str, max_new_tokens: int, system: str | None) -> str:
-    """Greedy answer of the model without any intervention."""
-    with model(spec, adapter) as lm:
-        return _generate(lm, prompt, max_new_tokens, system)
-
-
-@st.cache_data(max_entries=256, show_spinner=False)
-def steered_answer(
+def steered_answers(
     spec: str,
     adapter: str | None,
     vector: str,
     vector_mtime: float,
     statistic: str,
     layer: int,
-    alpha: float,
+    alphas: tuple[float, ...],
     positions: str,
     normalize: bool,
     prompt: str,
     max_new_tokens: int,
     system: str | None,
-) -> str:
-    """Greedy answer under ``steering.Steerer`` at one layer (``vector_mtime`` keys the cache)."""
+) -> list[str]:
+    """Greedy answers under ``steering.Steerer`` at one layer, one per coefficient, in one batched call.
+
+    Row ``i`` is steered with ``alphas[i]`` (a per-row coefficient tensor); alpha 0 is the base model.
+    ``vector_mtime`` keys the cache.
+    """
+    import torch
+
     from steering import Steerer, load_vector
 
     with model(spec, adapter) as lm:
         vec = load_vector(vector, statistic, lm)
-        with Steerer(lm, vec, [layer], alpha, positions=positions, normalize=normalize):
-            return _generate(lm, prompt, max_new_tokens, system)
+        coef = torch.tensor([float(a) for a in alphas])
+        with Steerer(lm, vec, [layer], coef, positions=positions, normalize=normalize):
+            return _generate_rows(lm, prompt, len(alphas), max_new_tokens, system)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
@@ -219,23 +222,25 @@ def row_projections(
 
 # ---------------------------------------------------------------------------------------- gates
 @st.cache_data(max_entries=256, show_spinner=False)
-def gated_answer(
+def gated_answers(
     spec: str,
     adapter: str | None,
     gates: str,
     gates_mtime: float,
-    alpha: float,
+    alphas: tuple[float, ...],
     prompt: str,
     max_new_tokens: int,
     system: str | None,
-) -> str:
-    """Greedy answer with the gates attached at ``alpha`` (``GateSet.attached``; alpha 0 = gates off)."""
+) -> list[str]:
+    """Greedy answers with the gates attached, row ``i`` at ``alphas[i]`` (0 = gates off), in one call."""
+    import torch
+
     from gating import GateSet
 
     with model(spec, adapter) as lm:
         gs = GateSet.load(gates, lm)
-        with gs.attached(lm, alpha=float(alpha)):
-            return _generate(lm, prompt, max_new_tokens, system)
+        with gs.attached(lm, alpha=torch.tensor([float(a) for a in alphas])):
+            return _generate_rows(lm, prompt, len(alphas), max_new_tokens, system)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -1,7 +1,8 @@
 """Layer x coefficient sweep: how strongly steering at each layer expresses a trait, and at what cost.
 
-For every layer and coefficient the evaluation questions are answered under steering (all questions of a
-cell in one batched ``generate`` call); then each answer is measured:
+For every layer and coefficient the evaluation questions are answered under steering (all questions and
+all coefficients of a layer in one batched ``generate`` call, with one coefficient per batch row); then each
+answer is measured:
 
 * **trait expression**: with a judge, the judge's 0-100 trait score of ``trait.judge(question, answer)``;
   always (judge or not), the *projection*: the mean over the answer's tokens of ``resid_post`` at the
@@ -285,6 +286,37 @@ def _plot(
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
 
+def _generate_alphas(
+    lm: Any,
+    vector: Any,
+    layer: int,
+    alphas: Sequence[float],
+    prompts: Sequence[Any],
+    gen_kw: dict[str, Any],
+    steer_kw: dict[str, Any],
+) -> dict[float, list[str]]:
+    """Answers for every coefficient of one layer, all coefficients in one batched ``generate`` call.
+
+    Each call takes ``batch_size`` prompts and repeats them once per coefficient, with a per-row ``alpha``
+    tensor (rows ``[k * n, (k + 1) * n)`` get ``alphas[k]``). Greedy answers equal those of one call per
+    coefficient; sampled ones use other random draws.
+    """
+    out: dict[float, list[str]] = {a: [] for a in alphas}
+    if not alphas:
+        return out
+    bs = gen_kw["batch_size"]
+    for start in range(0, len(prompts), bs):
+        chunk = list(prompts[start : start + bs])
+        rows = [p for _ in alphas for p in chunk]
+        coef = torch.tensor(alphas, dtype=torch.float32).repeat_interleave(len(chunk))
+        kw = {**gen_kw, "batch_size": len(rows), "seed": gen_kw["seed"] + start}
+        with Steerer(lm, vector, [layer], coef, **steer_kw):
+            gen = generate(lm, rows, desc=f"layer {layer}", **kw)
+        for k, a in enumerate(alphas):
+            out[a].extend(gen[k * len(chunk) : (k + 1) * len(chunk)])
+    return out
+
+
 def sweep(
     lm: Any,
     vector: Any,
@@ -307,6 +339,7 @@ def sweep(
     system: str | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    batch_alphas: bool = True,
 ) -> SweepResult:
     """Steer at each layer with each coefficient, answer the questions and measure trait and coherence.
 
@@ -316,7 +349,9 @@ def sweep(
     ``eval_questions``; ``trait`` (a ``Trait`` or shipped name) defaults to the vector's trait.
     ``judge``: ``none`` (judge-free measures only), a judge spec or a ``Judge``. ``samples`` answers per
     question (greedy when 1, else sampled at ``temperature``, default 1.0). ``batch_size``: prompts per
-    generate call (default: all questions x samples of a cell at once). With ``out``, writes
+    generate call (default: all questions x samples at once). ``batch_alphas`` (default on): all non-zero
+    coefficients of a layer run in one ``generate`` call with a per-row ``alpha`` (each call then holds
+    ``batch_size x n_alphas`` rows); off: one call per coefficient. With ``out``, writes
     ``sweep.csv``, ``sweep.html``, ``summary.json`` and ``answers.jsonl`` there. See the module docstring
     for the measures and the recommendation rule.
     """
@@ -365,27 +400,14 @@ def sweep(
         "trait": getattr(tr, "name", None) or getattr(vector, "trait", None),
         "vector_norms": {str(l): float(mat[l].norm()) for l in layer_list},
         "pairs": len(ref_pairs) if ref_pairs else 0,
+        "batch_alphas": batch_alphas,
     }
 
-    cells: list[tuple[int | None, float]] = [(None, 0.0)] + [
-        (l, a) for l in layer_list for a in alpha_list if a != 0.0
-    ]
     answers: list[dict[str, Any]] = []
     per_cell: dict[tuple[int | None, float], dict[str, Any]] = {}
-    for layer, alpha in tqdm(cells, desc="sweep", disable=not progress, unit="cell"):
-        if layer is None:
-            gen = generate(lm, prompts, desc="baseline", **gen_kw)
-            margin = preference_margin(lm, ref_pairs) if ref_pairs else None
-            read_units = units
-        else:
-            with Steerer(lm, vector, [layer], alpha, positions=positions, mode=mode, normalize=normalize):
-                gen = generate(lm, prompts, desc=f"layer {layer} alpha {alpha:g}", **gen_kw)
-            margin = None
-            if ref_pairs:  # teacher-forced scoring has no decoding steps: steer every position
-                with Steerer(lm, vector, [layer], alpha, positions="all", mode=mode, normalize=normalize):
-                    margin = preference_margin(lm, ref_pairs)
-            read_units = {layer: units[layer]}
-        proj, logps, counts = read_answers(lm, prompts, gen, read_units, batch_size=bs, system=system)
+
+    def record(layer: int | None, alpha: float, gen: list[str], margin: Any, read: dict[int, Tensor]) -> None:
+        proj, logps, counts = read_answers(lm, prompts, gen, read, batch_size=bs, system=system)
         per_cell[(layer, alpha)] = {"margin": margin, "start": len(answers)}
         for i, (q, a) in enumerate(zip(prompts, gen, strict=True)):
             answers.append(
@@ -396,9 +418,31 @@ def sweep(
                     "answer": a,
                     "answer_tokens": counts[i],
                     "coherence_logprob": logps[i],
-                    "projection": {str(l): proj[l][i] for l in read_units},
+                    "projection": {str(l): proj[l][i] for l in read},
                 }
             )
+
+    steered_alphas = [a for a in alpha_list if a != 0.0]
+    groups: list[int | None] = [None, *layer_list]
+    for layer in tqdm(groups, desc="sweep", disable=not progress, unit="layer"):
+        if layer is None:
+            gen = generate(lm, prompts, desc="baseline", **gen_kw)
+            record(None, 0.0, gen, preference_margin(lm, ref_pairs) if ref_pairs else None, units)
+            continue
+        steer_kw = dict(positions=positions, mode=mode, normalize=normalize)
+        if batch_alphas:
+            by_alpha = _generate_alphas(lm, vector, layer, steered_alphas, prompts, gen_kw, steer_kw)
+        else:
+            by_alpha = {}
+            for alpha in steered_alphas:
+                with Steerer(lm, vector, [layer], alpha, **steer_kw):
+                    by_alpha[alpha] = generate(lm, prompts, desc=f"layer {layer} alpha {alpha:g}", **gen_kw)
+        for alpha in steered_alphas:
+            margin = None
+            if ref_pairs:  # teacher-forced scoring has no decoding steps: steer every position
+                with Steerer(lm, vector, [layer], alpha, positions="all", mode=mode, normalize=normalize):
+                    margin = preference_margin(lm, ref_pairs)
+            record(layer, alpha, by_alpha[alpha], margin, {layer: units[layer]})
 
     if judge_obj is not None:
         from workbench.data import JUDGE_PROMPTS

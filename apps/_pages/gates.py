@@ -93,17 +93,19 @@ if not prompt.strip():
 adapter_s = str(adapter) if adapter else None
 answers: dict[str, str] = {}
 with _ui.guard("Generating"), st.spinner(f"generating with {ctx.spec}"):
-    for key, a in (("base", 0.0), ("suppressed", -1.0), ("chosen", float(alpha))):
-        answers[key] = _ui.gated_answer(
-            ctx.spec,
-            adapter_s,
-            str(gates_file),
-            _runs.mtime(gates_file),
-            a,
-            prompt,
-            int(max_new_tokens),
-            None,
-        )
+    # gates off, suppressed and the chosen alpha as three rows of one batched call
+    keys, alphas = ("base", "suppressed", "chosen"), (0.0, -1.0, float(alpha))
+    rows = _ui.gated_answers(
+        ctx.spec,
+        adapter_s,
+        str(gates_file),
+        _runs.mtime(gates_file),
+        alphas,
+        prompt,
+        int(max_new_tokens),
+        None,
+    )
+    answers = dict(zip(keys, rows, strict=True))
 if len(answers) == 3:
     word = "amplified" if alpha > 1 else "suppressed" if alpha < 0 else "off" if alpha == 0 else "scaled"
     titles = {

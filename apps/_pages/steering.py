@@ -68,15 +68,15 @@ adapter_s = str(adapter) if adapter else None
 base = steered = None
 if prompt.strip():
     with _ui.guard("Generating"), st.spinner(f"generating with {ctx.spec}"):
-        base = _ui.base_answer(ctx.spec, adapter_s, prompt, int(max_new_tokens), None)
-        steered = _ui.steered_answer(
+        # base and steered rows in one batched call: row 0 with alpha 0, row 1 with the chosen alpha
+        base, steered = _ui.steered_answers(
             ctx.spec,
             adapter_s,
             str(vec_path),
             _runs.mtime(vec_path),
             statistic,
             int(layer),
-            float(alpha),
+            (0.0, float(alpha)),
             positions,
             bool(normalize),
             prompt,
