@@ -157,6 +157,13 @@ def sweep_cmd(
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Prompts per generate call (default: all).")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    batch_alphas: Annotated[
+        bool, typer.Option(help="All coefficients of a layer in one generate call (one alpha per row).")
+    ] = True,
+    compile: Annotated[
+        bool | None,
+        typer.Option(help="Static KV cache + torch.compile decoding (default: on for CUDA, off on the CPU)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
     """Steering effect per layer and coefficient: trait expression and coherence, with plots."""
@@ -203,6 +210,8 @@ def sweep_cmd(
             "coherence_tolerance": coherence_tolerance,
             "batch_size": batch_size,
             "seed": seed,
+            "batch_alphas": batch_alphas,
+            "compile": compile,
         },
     )
     result = sweep(
@@ -224,6 +233,8 @@ def sweep_cmd(
         coherence_tolerance=coherence_tolerance,
         out=run_dir,
         progress=True,
+        batch_alphas=batch_alphas,
+        compile=compile,
     )
     typer.echo(
         f"{'layer':>5} {'alpha':>6} {'trait':>10} {'coherence':>10}" + ("  margin" if ref_pairs else "")

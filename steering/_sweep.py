@@ -340,6 +340,7 @@ def sweep(
     out: str | os.PathLike[str] | None = None,
     progress: bool = False,
     batch_alphas: bool = True,
+    compile: bool | None = None,
 ) -> SweepResult:
     """Steer at each layer with each coefficient, answer the questions and measure trait and coherence.
 
@@ -351,7 +352,8 @@ def sweep(
     question (greedy when 1, else sampled at ``temperature``, default 1.0). ``batch_size``: prompts per
     generate call (default: all questions x samples at once). ``batch_alphas`` (default on): all non-zero
     coefficients of a layer run in one ``generate`` call with a per-row ``alpha`` (each call then holds
-    ``batch_size x n_alphas`` rows); off: one call per coefficient. With ``out``, writes
+    ``batch_size x n_alphas`` rows); off: one call per coefficient. ``compile``: compiled decoding
+    (``workbench.generation.generate``; default on for CUDA). With ``out``, writes
     ``sweep.csv``, ``sweep.html``, ``summary.json`` and ``answers.jsonl`` there. See the module docstring
     for the measures and the recommendation rule.
     """
@@ -384,7 +386,9 @@ def sweep(
     bs = batch_size or len(prompts)
     ref_pairs = _pairs_rows(pairs) if pairs else None
     units = {l: mat[l] / mat[l].norm().clamp_min(1e-12) for l in layer_list}
-    gen_kw = dict(max_new_tokens=max_new_tokens, temperature=temp, seed=seed, batch_size=bs, system=system)
+    gen_kw = dict(
+        max_new_tokens=max_new_tokens, temperature=temp, seed=seed, batch_size=bs, system=system, compile=compile
+    )
     config = {
         "layers": layer_list,
         "alphas": alpha_list,

@@ -94,3 +94,11 @@ def test_compile_failure_falls_back_to_eager(lm, monkeypatch, caplog):
     eager, compiled = _both(lm)
     assert torch.equal(eager, compiled)
     assert "generating eagerly" in caplog.text
+
+
+def test_generate_compile_option_matches_eager(lm, aot):
+    from workbench.generation import generate
+
+    eager = generate(lm, PROMPTS, max_new_tokens=10)
+    assert generate(lm, PROMPTS, max_new_tokens=10, compile=True) == eager
+    assert generate(lm, PROMPTS, max_new_tokens=10, compile=None) == eager  # CPU default: eager
