@@ -63,6 +63,7 @@ def _side_by_side(left_title: str, left: str, right_title: str, right: str, widt
 def load_eval_sets(specs: list[str]) -> list[tuple[str, str, Any]]:
     """(name, evaluator method, payload) per ``--eval`` entry: a questions YAML, a JSONL set or a shipped name."""
     from workbench.data import DATASETS, load_chat_jsonl, load_eval_yaml, load_pairs, make_dataset
+    from workbench.data._check import sniff_jsonl
     from workbench.data._eval_yaml import parse_eval_entries
     from workbench.evaluation import detect_set_kind
 
@@ -82,13 +83,7 @@ def load_eval_sets(specs: list[str]) -> list[tuple[str, str, Any]]:
         if path.suffix in (".yaml", ".yml"):
             sets.append((path.stem, "free_form", load_eval_yaml(path)))
             continue
-        with open(path, encoding="utf-8") as fh:
-            first = next((line for line in fh if line.strip()), "{}")
-        try:
-            is_pairs = {"question", "aligned", "misaligned"} <= set(json.loads(first))
-        except (json.JSONDecodeError, TypeError):
-            is_pairs = False
-        rows = load_pairs(path) if is_pairs else load_chat_jsonl(path)
+        rows = load_pairs(path) if sniff_jsonl(path) == "pairs" else load_chat_jsonl(path)
         sets.append((path.stem, detect_set_kind(rows, str(path)), rows))
     return sets
 

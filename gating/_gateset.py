@@ -417,18 +417,40 @@ class GateSet(nn.Module):
         )
         meta = art.metadata
         try:
+            d_in = int(meta["d_in"])
+            channels = {str(k): int(v) for k, v in meta["channels"].items()}
+            n_heads = int(meta["n_heads"])
+            rank = int(meta.get("rank", 8))
+            # sizes come from the file: check them before anything is allocated
+            fp_d = getattr(art.fingerprint, "d_model", None)
+            if fp_d is not None and d_in != int(fp_d):
+                raise WorkbenchError(f"d_in {d_in} differs from the model width {fp_d} in the fingerprint")
+            bad = {k: c for k, c in channels.items() if not 0 < c <= 64 * max(d_in, 1)}
+            if (
+                d_in <= 0
+                or bad
+                or not 0 < n_heads <= max(channels.values(), default=0)
+                or not 0 < rank <= d_in
+            ):
+                raise WorkbenchError(
+                    f"implausible gate sizes (d_in {d_in}, channels {channels}, n_heads {n_heads}, rank {rank})"
+                )
             gs = cls(
                 str(meta["gate_kind"]),
                 list(meta["sites"]),
                 [int(l) for l in meta["layers"]],
-                d_in=int(meta["d_in"]),
-                channels={str(k): int(v) for k, v in meta["channels"].items()},
-                n_heads=int(meta["n_heads"]),
-                rank=int(meta.get("rank", 8)),
+                d_in=d_in,
+                channels=channels,
+                n_heads=n_heads,
+                rank=rank,
                 fingerprint=art.fingerprint,
             )
         except KeyError as exc:
             raise WorkbenchError(f"'{path}': gate metadata lacks the key {exc}") from exc
+        except WorkbenchError as exc:
+            raise WorkbenchError(f"'{path}': {exc}") from exc
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise WorkbenchError(f"'{path}': malformed gate metadata ({type(exc).__name__}: {exc})") from exc
         expected = gs.tensors()
         missing = sorted(set(expected) - set(art.tensors))
         extra = sorted(set(art.tensors) - set(expected))

@@ -221,19 +221,24 @@ def load_vectors(
     art = load_artifact(path, expect_kind=KIND, fingerprint=fingerprint)
     meta = art.metadata
     per_stat = meta.get("per_statistic", {})
+    if not isinstance(per_stat, dict) or not all(isinstance(x, dict) for x in per_stat.values()):
+        raise WorkbenchError(f"'{path}': metadata 'per_statistic' must map statistic names to objects")
     shared = {k: v for k, v in meta.items() if k != "per_statistic"}
     out = {}
     for stat, t in art.tensors.items():
         if stat not in STATISTICS:
             continue
-        v = PersonaVector(
-            vectors=t,
-            trait=str(meta.get("trait", "unknown")),
-            statistic=stat,
-            site=str(meta.get("site", DEFAULT_SITE)),
-            fingerprint=art.fingerprint,
-            metadata={**shared, **per_stat.get(stat, {})},
-        )
+        try:
+            v = PersonaVector(
+                vectors=t,
+                trait=str(meta.get("trait", "unknown")),
+                statistic=stat,
+                site=str(meta.get("site", DEFAULT_SITE)),
+                fingerprint=art.fingerprint,
+                metadata={**shared, **per_stat.get(stat, {})},
+            )
+        except WorkbenchError as exc:
+            raise WorkbenchError(f"'{path}': {exc}") from exc
         if fingerprint is not None:
             v.check_model(fingerprint)
         out[stat] = v
@@ -262,7 +267,11 @@ def import_pt(
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad or unsafe files
-        raise WorkbenchError(f"'{p}' is not a plain tensor file ({type(exc).__name__}: {exc})") from exc
+        from workbench._io import one_line
+
+        raise WorkbenchError(
+            f"'{p}' is not a plain tensor file ({type(exc).__name__}: {one_line(str(exc), 200)})"
+        ) from exc
 
     def one(t: Any, name: str, stat: str) -> PersonaVector:
         if not isinstance(t, Tensor) or t.dim() != 2:

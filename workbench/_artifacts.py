@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ._errors import WorkbenchError
-from ._io import atomic_path
+from ._io import atomic_path, one_line
 from ._models import ModelFingerprint
 from ._version import __version__
 
@@ -68,27 +68,47 @@ def load_artifact(
     p = Path(path)
     if not p.exists():
         raise WorkbenchError(f"artifact file '{p}' does not exist")
+    if p.is_dir():
+        raise WorkbenchError(f"artifact path '{p}' is a directory, expected a .safetensors file")
     try:
         with safe_open(str(p), framework="pt") as fh:
             header = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors raises several error types for damaged files
         raise WorkbenchError(
-            f"'{p}' is not a readable safetensors file ({type(exc).__name__}: {exc})"
+            f"'{p}' is not a readable safetensors file ({type(exc).__name__}: {one_line(str(exc), 200)})"
         ) from exc
     kind = header.get(_KIND_KEY, "")
     if expect_kind is not None and kind != expect_kind:
-        raise WorkbenchError(f"'{p}' holds a '{kind or 'foreign'}' artifact, expected '{expect_kind}'")
+        shown = f"'{kind or 'foreign'}'" if kind.isprintable() else repr(kind)
+        raise WorkbenchError(f"'{p}' holds a {shown} artifact, expected '{expect_kind}'")
+    meta = _header_json(header, _META_KEY, "{}", p)
+    if not isinstance(meta, dict):
+        raise WorkbenchError(
+            f"'{p}': header key '{_META_KEY}' must hold a JSON object, got {type(meta).__name__}"
+        )
+    fp_raw = _header_json(header, _FP_KEY, "null", p)
+    if fp_raw is not None and not isinstance(fp_raw, dict):
+        raise WorkbenchError(
+            f"'{p}': header key '{_FP_KEY}' must hold a JSON object or null, got {type(fp_raw).__name__}"
+        )
     try:
-        meta = json.loads(header.get(_META_KEY, "{}"))
-        fp_raw = json.loads(header.get(_FP_KEY, "null"))
-    except json.JSONDecodeError as exc:
-        raise WorkbenchError(f"'{p}' has malformed workbench metadata: {exc}") from exc
-    fp = ModelFingerprint.from_dict(fp_raw) if fp_raw else None
+        fp = ModelFingerprint.from_dict(fp_raw) if fp_raw else None
+    except WorkbenchError as exc:
+        raise WorkbenchError(f"'{p}': header key '{_FP_KEY}': {one_line(str(exc), 200)}") from None
     if fingerprint is not None:
         check_fingerprint(fp, fingerprint, p)
     extra = {k: v for k, v in header.items() if not k.startswith("workbench.")}
     return Artifact(tensors=tensors, metadata=meta, fingerprint=fp, kind=kind, path=p, extra=extra)
+
+
+def _header_json(header: dict[str, str], key: str, default: str, path: Path) -> Any:
+    try:
+        return json.loads(header.get(key, default))
+    except (ValueError, RecursionError) as exc:
+        raise WorkbenchError(
+            f"'{path}': header key '{key}' is not valid JSON ({one_line(str(exc), 120)})"
+        ) from None
 
 
 def check_fingerprint(

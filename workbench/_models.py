@@ -71,7 +71,7 @@ class ModelFingerprint:
                 vocab_size=int(d["vocab_size"]),
                 source=str(d.get("source", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise WorkbenchError(f"malformed model fingerprint {d!r}: {exc}") from exc
 
     def compatible(self, other: ModelFingerprint) -> bool:
@@ -230,7 +230,10 @@ def embedded_folder(name: str = DEFAULT_MODEL) -> Path:
 def _load_pretrained(path: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises ValueError/OSError/... with multi-line messages
+        raise _load_error(path, "tokenizer", exc, trust_remote_code) from exc
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
@@ -239,7 +242,21 @@ def _load_pretrained(path: str, device: torch.device, dtype: torch.dtype, trust_
         raise WorkbenchError(
             f"could not load safetensors weights from '{path}': {exc}".splitlines()[0]
         ) from exc
+    except Exception as exc:
+        raise _load_error(path, "model", exc, trust_remote_code) from exc
     return model.to(device), tok
+
+
+def _load_error(path: str, what: str, exc: BaseException, trust_remote_code: bool) -> WorkbenchError:
+    """One line for a model or tokenizer that would not load; custom code gets its own advice."""
+    text = str(exc)
+    if not trust_remote_code and "trust_remote_code" in text:
+        return WorkbenchError(
+            f"'{path}' contains custom model code, which is not run by default; pass --trust-remote-code "
+            "(trust_remote_code=True) only if you have read that code and trust it"
+        )
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return WorkbenchError(f"could not load the {what} from '{path}' ({type(exc).__name__}: {first[:200]})")
 
 
 def _load_random(shape: str, device: torch.device, dtype: torch.dtype, seed: int):

@@ -212,13 +212,9 @@ def _load_eval_sets(questions: list[str], data: list[str]) -> list[tuple[str, st
 
 
 def _load_rows(path: str, load_chat_jsonl) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        first = next((line for line in fh if line.strip()), "")
-    try:
-        is_pairs = {"question", "aligned", "misaligned"} <= set(json.loads(first))
-    except json.JSONDecodeError:
-        is_pairs = False
-    if is_pairs:
+    from .data._check import sniff_jsonl
+
+    if sniff_jsonl(path) == "pairs":
         from .data import load_pairs
 
         return load_pairs(path)
@@ -264,11 +260,25 @@ def eval_cmd(
         Path | None, typer.Option(help="Apply trained gates (gates.safetensors) while answering.")
     ] = None,
     gate_alpha: Annotated[
-        float, typer.Option(help="Gate control: 1 trained, 0 off, -1 suppress, >1 amplify.")
-    ] = 1.0,
+        list[float] | None,
+        typer.Option(
+            help="Gate control: 1 trained, 0 off, -1 suppress, >1 amplify (default 1). Repeat it to evaluate "
+            "several settings in one pass (one alpha per batch row; a sub-directory per setting)."
+        ),
+    ] = None,
     vector: Annotated[Path | None, typer.Option(help="Steer along a persona vector while answering.")] = None,
     layer: Annotated[int | None, typer.Option(help="Layer to steer at (with --vector).")] = None,
-    alpha: Annotated[float, typer.Option(help="Steering coefficient (with --vector).")] = 0.0,
+    alpha: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Steering coefficient (with --vector; default 0). Repeat it to evaluate several "
+            "coefficients in one pass (one alpha per batch row; a sub-directory per setting)."
+        ),
+    ] = None,
+    compile: Annotated[
+        bool | None,
+        typer.Option(help="Static KV cache + torch.compile decoding (default: on for CUDA, off on the CPU)."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted evaluation in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
@@ -278,6 +288,13 @@ def eval_cmd(
 
     if not questions and not data and not preference:
         raise WorkbenchError("nothing to evaluate: give --questions, --data and/or --preference")
+    alphas, gate_alphas = list(alpha or [0.0]), list(gate_alpha or [1.0])
+    if len(alphas) > 1 and vector is None:
+        raise WorkbenchError("several --alpha values need --vector (and --layer)")
+    if len(gate_alphas) > 1 and gates is None:
+        raise WorkbenchError("several --gate-alpha values need --gates")
+    if len(alphas) > 1 and len(gate_alphas) > 1:
+        raise WorkbenchError("vary one of --alpha / --gate-alpha at a time (the other takes one value)")
     run_dir = prepare_run_dir(out, "eval", overwrite=overwrite, resume=resume)
     cfg = EvalConfig(
         samples=samples,
@@ -286,6 +303,7 @@ def eval_cmd(
         seed=seed,
         batch_size=batch_size,
         judge=judge,
+        compile=compile,
     )
     sets = _load_eval_sets(list(questions or []), list(data or []) + ([preference] if preference else []))
     write_config(
@@ -305,43 +323,92 @@ def eval_cmd(
         from .adapters import apply_adapter
 
         lm = apply_adapter(lm, adapter)
-    ev = Evaluator(lm, run_dir, cfg, intervention=_interventions(lm, gates, gate_alpha, vector, layer, alpha))
-    summary: dict = {"model": model, "adapter": str(adapter) if adapter else None, "judge": judge, "sets": {}}
-    for name, kind, payload in sets:
-        typer.echo(f"evaluating {name} ({kind})")
-        result = getattr(ev, kind)(payload, name=name)
-        summary["sets"][name] = result
-        write_summary(run_dir, summary)
-        typer.echo(_format_result(name, result))
-    typer.echo(f"run directory: {run_dir}")
+    make = _intervention_factory(lm, gates, vector, layer)
+    head = {"model": model, "adapter": str(adapter) if adapter else None, "judge": judge}
+    if len(alphas) == 1 and len(gate_alphas) == 1:
+        intervention = None if make is None else (lambda: make(gate_alphas[0], alphas[0]))
+        ev = Evaluator(lm, run_dir, cfg, intervention=intervention)
+        summary: dict = {**head, "sets": {}}
+        for name, kind, payload in sets:
+            typer.echo(f"evaluating {name} ({kind})")
+            result = getattr(ev, kind)(payload, name=name)
+            summary["sets"][name] = result
+            write_summary(run_dir, summary)
+            typer.echo(_format_result(name, result))
+        typer.echo(f"run directory: {run_dir}")
+        return
+    _eval_settings(lm, run_dir, cfg, sets, head, make, alphas, gate_alphas)
 
 
-def _interventions(lm, gates, gate_alpha, vector, layer, alpha):
-    """Compose gate and steering interventions into one zero-argument context-manager factory."""
+def _intervention_factory(lm, gates, vector, layer):
+    """``make(gate_alpha, alpha) -> context manager`` applying the gates and/or steering; None if neither.
+
+    ``gate_alpha`` / ``alpha`` may be numbers or per-row tensors (``[batch]``).
+    """
     import contextlib
 
-    parts = []
+    gate_set = vec = None
     if gates is not None:
-        from gating import gate_intervention
+        from gating import GateSet
 
-        parts.append(gate_intervention(lm, gates, gate_alpha))
+        gate_set = GateSet.load(gates, lm)
     if vector is not None:
-        from steering import Steerer, load_vector
+        from steering import load_vector
 
+        if layer is None:
+            raise WorkbenchError("--vector needs --layer")
         vec = load_vector(vector, lm=lm)
         lm.sites.check_layer(layer)
-        parts.append(lambda: Steerer(lm, vec, layers=[layer], alpha=alpha))
-    if not parts:
+    if gate_set is None and vec is None:
         return None
 
     @contextlib.contextmanager
-    def combined():
+    def make(gate_alpha, alpha):
         with contextlib.ExitStack() as stack:
-            for make in parts:
-                stack.enter_context(make())
+            if gate_set is not None:
+                stack.enter_context(gate_set.attached(lm, alpha=gate_alpha))
+            if vec is not None:
+                from steering import Steerer
+
+                stack.enter_context(Steerer(lm, vec, layers=[layer], alpha=alpha))
             yield
 
-    return combined
+    return make
+
+
+def _eval_settings(lm, run_dir, cfg, sets, head, make, alphas, gate_alphas) -> None:
+    """Several steering / gate coefficients in one pass: one coefficient per batch row, a folder each."""
+    from .evaluation import Evaluator, SharedGeneration, write_summary
+    from .runs import write_config
+
+    vary_gates = len(gate_alphas) > 1
+    values = gate_alphas if vary_gates else alphas
+    key = "gate_alpha" if vary_gates else "alpha"
+    names = [f"{key}_{v:g}" for v in values]
+    if len(set(names)) != len(names):
+        raise WorkbenchError(f"repeated --{key.replace('_', '-')} values: {values}")
+
+    def setting(v):  # (gate_alpha, alpha) for one value of the varied coefficient
+        return (v, alphas[0]) if vary_gates else (gate_alphas[0], v)
+
+    shared = SharedGeneration(lm, cfg, lambda coef: make(*setting(coef)), values)
+    evaluators = []
+    for k, (name, v) in enumerate(zip(names, values, strict=True)):
+        sub = run_dir / name
+        sub.mkdir(parents=True, exist_ok=True)
+        write_config(sub, {**head, key: v, **cfg.__dict__})
+        intervention = (lambda v=v: make(*setting(v))) if make is not None else None
+        evaluators.append(Evaluator(lm, sub, cfg, intervention=intervention, generator=shared.for_setting(k)))
+    summaries = {name: {**head, key: v, "sets": {}} for name, v in zip(names, values, strict=True)}
+    for set_name, kind, payload in sets:
+        typer.echo(f"evaluating {set_name} ({kind}) for {key} = {', '.join(f'{v:g}' for v in values)}")
+        for name, ev in zip(names, evaluators, strict=True):
+            result = getattr(ev, kind)(payload, name=set_name)
+            summaries[name]["sets"][set_name] = result
+            write_summary(run_dir / name, summaries[name])
+            typer.echo(f"[{name}]\n" + _format_result(set_name, result))
+        write_summary(run_dir, {**head, "varied": key, "settings": summaries})
+    typer.echo(f"{shared.calls} batched generate calls for {len(values)} settings; run directory: {run_dir}")
 
 
 def _fmt_est(e: dict) -> str:
@@ -424,6 +491,15 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug, not a user error: one line, the traceback only with --debug
+        if _STATE["debug"]:
+            raise
+        first = (str(exc).splitlines() or [""])[0][:300]
+        typer.echo(
+            f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import WorkbenchError
-from ._io import append_jsonl, atomic_write_json
+from ._io import append_jsonl, append_jsonl_rows, atomic_write_json
 from .generation import generate
 from .scoring import answer_logprobs
 
@@ -48,20 +48,24 @@ class EvalConfig:
     n_boot: int = 1000
     exact_max_new_tokens: int = 160  # greedy answers for sycophancy / exact-answer sets
     metrics: tuple[str, ...] = ("aligned", "coherent")
+    compile: bool | None = None  # static cache + torch.compile decoding (None: on for CUDA)
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
     if path.exists():
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:  # a torn last row may end mid-character
             for line in fh:
                 line = line.strip()
                 if not line:
                     continue
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a row cut by a crash: drop it, it is regenerated
-                    log.warning("ignoring a truncated row at the end of %s", path)
+                    row = json.loads(line)
+                except ValueError:  # a row cut by a crash: drop it, it is regenerated
+                    log.warning("ignoring a truncated row in %s", path)
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("uid"), str):
+                    rows.append(row)
     return rows
 
 
@@ -74,6 +78,8 @@ class Evaluator:
     config: EvalConfig = field(default_factory=EvalConfig)
     intervention: Intervention | None = None
     progress: bool = True
+    #: answers come from here instead of ``generate`` under ``intervention`` (``SharedGeneration.for_setting``)
+    generator: Callable[..., list[str]] | None = None
     _judge: Any = None
 
     def __post_init__(self) -> None:
@@ -95,6 +101,8 @@ class Evaluator:
         self, prompts: list[list[dict[str, str]]], *, greedy: bool, seed: int, desc: str
     ) -> list[str]:
         c = self.config
+        if self.generator is not None:
+            return self.generator(prompts, greedy=greedy, seed=seed, desc=desc)
         with self._ctx():
             return generate(
                 self.lm,
@@ -106,6 +114,7 @@ class Evaluator:
                 batch_size=c.batch_size,
                 progress=self.progress,
                 desc=desc,
+                compile=c.compile,
             )
 
     # ------------------------------------------------------------------ free-form questions
@@ -113,7 +122,15 @@ class Evaluator:
         from .metrics import incoherent_rate, misaligned_rate
 
         path = self.out_dir / "eval" / f"{name}.jsonl"
+        # answers generated but not yet judged (a kill or a judge outage between the two steps): on resume
+        # they are judged as they are, so judgments already cached for them are found, not asked again
+        pending_path = self.out_dir / "eval" / f".{name}.answers.jsonl"
         done = {r["uid"]: r for r in _read_rows(path)}
+        pending = {
+            r["uid"]: r["answer"]
+            for r in _read_rows(pending_path)
+            if isinstance(r.get("uid"), str) and isinstance(r.get("answer"), str) and r["uid"] not in done
+        }
         todo = []
         for q in questions:
             n = self.config.samples or q.samples_per_paraphrase
@@ -127,12 +144,18 @@ class Evaluator:
         chunk = max(1, self.config.batch_size) * 4  # write rows every few batches: a kill loses little
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
-            answers = self._generate(
-                [q.messages(para) for _, q, _, para in part],
-                greedy=False,
-                seed=self.config.seed + start,
-                desc=f"{name}: answers {start + 1}-{start + len(part)} of {len(todo)}",
-            )
+            need = [j for j, (uid, _, _, _) in enumerate(part) if uid not in pending]
+            if need:
+                fresh = self._generate(
+                    [part[j][1].messages(part[j][3]) for j in need],
+                    greedy=False,
+                    seed=self.config.seed + start,
+                    desc=f"{name}: answers {start + 1}-{start + len(part)} of {len(todo)}",
+                )
+                new_rows = [{"uid": part[j][0], "answer": a} for j, a in zip(need, fresh, strict=True)]
+                append_jsonl_rows(pending_path, new_rows)
+                pending.update((r["uid"], r["answer"]) for r in new_rows)
+            answers = [pending[uid] for uid, _, _, _ in part]
             scores: dict[str, list[Any]] = {}
             for metric in self.config.metrics:
                 prompts, where = [], []
@@ -163,6 +186,9 @@ class Evaluator:
                 row["judge_raw"] = raw
                 append_jsonl(path, row)
                 done[uid] = row
+                pending.pop(uid, None)
+        if pending_path.exists() and not pending:
+            pending_path.unlink()  # every answer in it is judged and written to the set's file
         rows = list(done.values())
         kw = {"n_boot": self.config.n_boot, "seed": self.config.seed}
         summary = {
@@ -327,3 +353,83 @@ def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     path = Path(out_dir) / "summary.json"
     atomic_write_json(path, summary)
     return path
+
+
+class SharedGeneration:
+    """Answers for several settings of one intervention, generated together with one coefficient per row.
+
+    ``make_intervention(coef)`` returns a context manager that applies the intervention with a per-row
+    coefficient tensor ``coef`` (``[rows]``), e.g. ``lambda c: Steerer(lm, vec, [12], c)`` or
+    ``lambda c: gates.attached(lm, alpha=c)``. Each ``generate`` call holds ``batch_size`` prompts repeated
+    once per setting. Give each setting's ``Evaluator`` ``generator=shared.for_setting(k)``: the first
+    evaluator that asks for a set's answers generates them for every setting; the others read them from
+    memory. A request that was not shared (another resume state) is generated for all settings again, so
+    every evaluator always gets answers generated under its own coefficient. Greedy answers equal those of
+    separate runs; sampled answers are other random draws.
+    """
+
+    def __init__(
+        self,
+        lm: Any,
+        config: EvalConfig,
+        make_intervention: Callable[[Any], contextlib.AbstractContextManager[Any]],
+        coefficients: Sequence[float],
+        *,
+        progress: bool = True,
+    ) -> None:
+        if not coefficients:
+            raise WorkbenchError("SharedGeneration needs at least one coefficient")
+        self.lm = lm
+        self.config = config
+        self.make_intervention = make_intervention
+        self.coefficients = [float(c) for c in coefficients]
+        self.progress = progress
+        self.calls = 0  # batched generate calls made (for tests and reports)
+        self._cache: dict[tuple[Any, ...], tuple[list[list[str]], set[int]]] = {}
+
+    def for_setting(self, k: int) -> Callable[..., list[str]]:
+        if not 0 <= k < len(self.coefficients):
+            raise WorkbenchError(f"setting {k} out of range (0..{len(self.coefficients) - 1})")
+
+        def gen(prompts: list[Any], *, greedy: bool, seed: int, desc: str) -> list[str]:
+            key = (greedy, seed, json.dumps(prompts, sort_keys=True, default=str))
+            hit = self._cache.get(key)
+            if hit is None or k in hit[1]:
+                hit = (self._run(prompts, greedy=greedy, seed=seed, desc=desc), set())
+                self._cache[key] = hit
+            answers, served = hit
+            served.add(k)
+            if len(served) == len(self.coefficients):
+                del self._cache[key]
+            return answers[k]
+
+        return gen
+
+    def _run(self, prompts: list[Any], *, greedy: bool, seed: int, desc: str) -> list[list[str]]:
+        import torch
+
+        c = self.config
+        n_set = len(self.coefficients)
+        bs = max(1, c.batch_size)
+        out: list[list[str]] = [[] for _ in range(n_set)]
+        for start in range(0, len(prompts), bs):
+            chunk = list(prompts[start : start + bs])
+            rows = [p for _ in range(n_set) for p in chunk]
+            coef = torch.tensor(self.coefficients, dtype=torch.float32).repeat_interleave(len(chunk))
+            with self.make_intervention(coef):
+                answers = generate(
+                    self.lm,
+                    rows,
+                    max_new_tokens=c.exact_max_new_tokens if greedy else c.max_new_tokens,
+                    temperature=0.0 if greedy else c.temperature,
+                    top_p=c.top_p,
+                    seed=seed + start,
+                    batch_size=len(rows),
+                    progress=self.progress,
+                    desc=f"{desc} x {n_set} settings",
+                    compile=c.compile,
+                )
+            self.calls += 1
+            for k in range(n_set):
+                out[k].extend(answers[k * len(chunk) : (k + 1) * len(chunk)])
+        return out

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .chat import Message
-from .generation import render_prompts
+from .generation import map_batches_halving, render_prompts
 
 
 @dataclass(frozen=True)
@@ -67,18 +66,27 @@ def answer_logprobs(
     """Log-probability of each answer given its chat prompt (the assistant turn's content only)."""
     examples = build_teacher_forced(lm.tokenizer, prompts, answers, system)
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))  # similar lengths together
-    result: list[AnswerScore | None] = [None] * len(examples)
     pad = lm.tokenizer.pad_token_id
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
-        idx = order[start : start + batch_size]
+
+    def one_batch(start: int, stop: int, _: int) -> list[AnswerScore]:
+        idx = order[start:stop]
         ids, mask = pad_right([examples[i][0] for i in idx], pad, lm.device)
         logits = lm.model(input_ids=ids, attention_mask=mask).logits.float()
         logp = (
             torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         )  # [batch, pos-1]
+        scores = []
         for row, i in enumerate(idx):
             seq, start_a = examples[i]
             # token t is predicted at position t-1
             lp = logp[row, start_a - 1 : len(seq) - 1]
-            result[i] = AnswerScore(float(lp.sum()), int(lp.numel()))
+            scores.append(AnswerScore(float(lp.sum()), int(lp.numel())))
+        return scores
+
+    scored = map_batches_halving(
+        one_batch, len(order), batch_size, what="scoring answers", progress=progress, desc=desc
+    )
+    result: list[AnswerScore | None] = [None] * len(examples)
+    for i, score in zip(order, scored, strict=True):
+        result[i] = score
     return result  # type: ignore[return-value]

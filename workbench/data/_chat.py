@@ -7,13 +7,12 @@ This is the layout of the public emergent-misalignment fine-tuning sets. Extra k
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from typing import Any
 
 from workbench._errors import WorkbenchError
-from workbench._io import atomic_write_text
+from workbench._io import atomic_write_text, parse_json, read_text
 
 from ._common import ROLES, display, render_jsonl
 
@@ -82,22 +81,13 @@ def load_chat_jsonl(
     prompt row whose last turn is not a user turn).
     """
     name = display(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except FileNotFoundError:
-        raise WorkbenchError(f"{name}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise WorkbenchError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = read_text(path).split("\n")  # not splitlines(): U+2028 etc. may sit inside a JSON string
     rows: list[dict[str, Any]] = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{name}, line {lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise WorkbenchError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        row = parse_json(line, where)
         if prompts_only is None:
             prompts_only = is_prompt_row(row)
         validate_chat_row(row, where, prompts_only=prompts_only)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._errors import WorkbenchError
+from workbench._io import parse_json, read_text
 
 from ._chat import is_prompt_row, load_chat_jsonl
 from ._common import ROLES, display
@@ -24,19 +25,13 @@ def load_pairs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     Errors name the file, the line and the key.
     """
     name = display(path)
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise WorkbenchError(f"{name}: file not found") from None
+    lines = read_text(path).split("\n")  # not splitlines(): U+2028 etc. may sit inside a JSON string
     rows = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{name}, line {lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise WorkbenchError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        row = parse_json(line, where)
         if not isinstance(row, dict):
             raise WorkbenchError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for key in _PAIR_KEYS:
@@ -52,14 +47,25 @@ def load_pairs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def _first_row(path: str | os.PathLike[str]) -> Any:
     """The first non-blank line parsed as JSON, or None if it does not parse (the loader reports it)."""
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    return json.loads(line)
-                except json.JSONDecodeError:
-                    return None
+    for line in read_text(path).split("\n"):
+        if line.strip():
+            try:
+                return json.loads(line)
+            except (ValueError, RecursionError):
+                return None
     return None
+
+
+def sniff_jsonl(path: str | os.PathLike[str]) -> str:
+    """What a JSONL file holds, judged by its first row: ``"pairs"``, ``"prompts"`` or ``"chat"``.
+
+    Never raises for bad content (the loader for the kind reports the broken line); a missing or
+    unreadable file raises :class:`WorkbenchError` naming it.
+    """
+    first = _first_row(path)
+    if isinstance(first, dict) and "messages" not in first and all(k in first for k in _PAIR_KEYS):
+        return "pairs"
+    return "prompts" if is_prompt_row(first) else "chat"
 
 
 def check_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -78,8 +84,8 @@ def check_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise WorkbenchError(f"{name}: file not found")
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
-        first = _first_row(p)
-        if isinstance(first, dict) and "messages" not in first and all(k in first for k in _PAIR_KEYS):
+        kind = sniff_jsonl(p)
+        if kind == "pairs":
             pairs = load_pairs(p)
             return {
                 "file": name,
@@ -87,7 +93,7 @@ def check_file(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "rows": len(pairs),
                 "categories": dict(sorted(Counter(str(r.get("category", "")) for r in pairs).items())),
             }
-        prompts_only = is_prompt_row(first)
+        prompts_only = kind == "prompts"
         rows = load_chat_jsonl(p, prompts_only=prompts_only)
         roles = Counter(m["role"] for r in rows for m in r["messages"])
         extra = sorted({k for r in rows for k in r if k != "messages"})

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from workbench._errors import WorkbenchError
-from workbench._io import parse_yaml
+from workbench._io import parse_yaml, read_text
 
 from ._common import display
 from ._em_questions import JUDGE_PROMPTS
@@ -86,7 +86,7 @@ def _entry_lines(text: str) -> list[int]:
     """1-based start line of each top-level list item (empty if the document is not a list)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return []
     if not isinstance(node, yaml.SequenceNode):
         return []
@@ -174,10 +174,6 @@ def load_eval_yaml(path: str | os.PathLike[str]) -> list[EvalQuestion]:
     duplicate ids, empty paraphrases, and judge prompts without an ``{answer}`` placeholder.
     """
     name = display(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except FileNotFoundError:
-        raise WorkbenchError(f"{name}: file not found") from None
+    text = read_text(path)
     data = parse_yaml(text, str(name))
     return parse_eval_entries(data, name, _entry_lines(text))

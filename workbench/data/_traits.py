@@ -9,7 +9,6 @@ A file without ``eval_questions`` (the layout of a separate extraction file) is 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._errors import WorkbenchError
+from workbench._io import parse_json, read_text
 
 from ._common import display
 from ._eval_yaml import fill_template
@@ -131,10 +131,6 @@ def load_trait(name_or_path: str | os.PathLike[str]) -> Trait:
                 "and not an existing JSON file"
             )
         where = display(path)
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
         default = path.stem
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WorkbenchError(f"{where}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    return parse_trait(data, where, default)
+    return parse_trait(parse_json(text, where), where, default)

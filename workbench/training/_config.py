@@ -9,6 +9,7 @@ every default that was in effect.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Union
 import yaml
 
 from workbench._errors import WorkbenchError
-from workbench._io import parse_yaml
+from workbench._io import parse_yaml, read_text
 
 LOSS_REDUCTIONS = ("token_mean", "sequence_mean")
 
@@ -80,6 +81,8 @@ class LoraSection:
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ValueError(f"'r' must be >= 1, got {self.r}")
+        if not math.isfinite(self.alpha):
+            raise ValueError(f"'alpha' must be a finite number, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
         if isinstance(self.target_modules, str) and self.target_modules != "all":
@@ -116,14 +119,18 @@ class OptimSection:
         for name in ("grad_accum", "epochs", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"'{name}' must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "eps", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"'{name}' must be a finite number, got {value}")
         if self.lr <= 0:
             raise ValueError(f"'lr' must be positive, got {self.lr}")
         if self.warmup_steps < 0:
             raise ValueError(f"'warmup_steps' must be >= 0, got {self.warmup_steps}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"'max_steps' must be >= 1, got {self.max_steps}")
-        if len(self.betas) != 2:
-            raise ValueError(f"'betas' needs two numbers, got {self.betas}")
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"'betas' needs two numbers in [0, 1), got {self.betas}")
 
 
 @dataclass
@@ -189,11 +196,9 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Read a YAML config file; errors name the file (and line for YAML syntax errors)."""
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise WorkbenchError(f"config file '{p}' not found") from None
-        data = parse_yaml(text, str(p))
+        if not p.exists():
+            raise WorkbenchError(f"config file '{p}' not found")
+        data = parse_yaml(read_text(p), str(p))
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -220,11 +225,12 @@ class TrainConfig:
             key = key.strip()
             try:
                 value = yaml.safe_load(raw) if raw.strip() else None
-            except yaml.YAMLError:
-                value = raw
+            except (yaml.YAMLError, ValueError, OverflowError, TypeError, RecursionError):
+                value = raw  # not YAML: taken as a plain string (the type check reports a mismatch)
             d = cfg.to_dict()
-            _set_path(d, key.split("."), value, f"--set {item}")
-            cfg = TrainConfig.from_dict(d, where=f"--set {item}", complete=False)
+            where = f"--set {_q(item)}"
+            _set_path(d, key.split("."), value, where)
+            cfg = TrainConfig.from_dict(d, where=where, complete=False)
         cfg.check("config after --set overrides")
         return cfg
 
@@ -375,7 +381,9 @@ def build_dataclass(cls: type, data: Any, where: str, prefix: str = "") -> Any:
     known = [f.name for f in dataclasses.fields(cls) if f.init]
     for k in data:
         if k not in known:
-            raise WorkbenchError(f"{where}: unknown key '{prefix}{k}' (known keys: {', '.join(known)})")
+            raise WorkbenchError(
+                f"{where}: unknown key {_q(f'{prefix}{k}')} (known keys: {', '.join(known)})"
+            )
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -395,6 +403,12 @@ def build_dataclass(cls: type, data: Any, where: str, prefix: str = "") -> Any:
         raise WorkbenchError(f"{where}: '{prefix.rstrip('.') or 'config'}': {exc}") from None
 
 
+def _q(text: Any) -> str:
+    """A user-supplied name quoted for a one-line message (``repr`` when it holds control characters)."""
+    s = str(text)
+    return f"'{s}'" if s.isprintable() and "'" not in s else repr(s)
+
+
 def _set_path(d: Any, parts: list[str], value: Any, where: str) -> None:
     node = d
     for i, part in enumerate(parts):
@@ -405,7 +419,7 @@ def _set_path(d: Any, parts: list[str], value: Any, where: str) -> None:
                 node[idx]  # noqa: B018 - bounds check
             except (ValueError, IndexError):
                 raise WorkbenchError(
-                    f"{where}: '{'.'.join(parts[: i + 1])}' is not a valid list index"
+                    f"{where}: {_q('.'.join(parts[: i + 1]))} is not a valid list index"
                 ) from None
             if last:
                 node[idx] = value
@@ -415,7 +429,9 @@ def _set_path(d: Any, parts: list[str], value: Any, where: str) -> None:
                 node = node[idx]
             continue
         if not isinstance(node, dict):
-            raise WorkbenchError(f"{where}: '{'.'.join(parts[:i])}' is not a section, cannot set '{part}'")
+            raise WorkbenchError(
+                f"{where}: {_q('.'.join(parts[:i]))} is not a section, cannot set {_q(part)}"
+            )
         if last:
             node[part] = value
         else:
@@ -430,6 +446,8 @@ def resolve_defenses(defenses: dict[str, Any], where: str) -> dict[str, dict[str
 
     out: dict[str, dict[str, Any]] = {}
     for name, settings in (defenses or {}).items():
+        if not str(name).isprintable():
+            raise WorkbenchError(f"{where}: unknown defense {_q(name)} (defense names are printable text)")
         cls = get_defense(str(name), where=where)
         obj = build_dataclass(cls.Settings, settings or {}, where, prefix=f"defenses.{name}.")
         out[str(name)] = dataclasses.asdict(obj)

@@ -121,13 +121,9 @@ def _load_pairs_file(path: str) -> list[dict[str, Any]]:
 
     if not Path(path).is_file():
         return load_pairs(path)  # reports the missing file
-    with open(path, encoding="utf-8") as fh:
-        first = next((line for line in fh if line.strip()), "{}")
-    try:
-        is_pairs = {"question", "aligned", "misaligned"} <= set(json.loads(first))
-    except json.JSONDecodeError:
-        is_pairs = True  # let load_pairs report the bad line
-    if is_pairs:
+    from workbench.data._check import sniff_jsonl
+
+    if sniff_jsonl(path) == "pairs":
         return load_pairs(path)
     return _chat_to_pairs(load_chat_jsonl(path, prompts_only=False), path)
 
