@@ -459,6 +459,10 @@ def _register_capability_commands() -> None:
 
     app.command("app")(app_cmd)
 
+    from probes._monitor_cli import monitor
+
+    app.command("monitor")(monitor)
+
 
 _register_capability_commands()
 

@@ -1,4 +1,5 @@
-"""Runs: training curves, EM evaluation metrics with intervals, and the Pareto front across runs."""
+"""Runs: training curves with the EM monitor's signals and alerts, EM evaluation metrics with intervals, and the
+Pareto front across runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,102 @@ from pathlib import Path
 import streamlit as st
 
 from apps import _charts, _runs, _ui
+
+ALERT_COLORS = {"warn": "#ff7f0e", "stop": "#d62728"}
+
+
+def _default_signals(signals: list[str]) -> list[str]:
+    """A first view: one projection per vector, the general preference gap and the in-domain behaviour."""
+    picked: list[str] = []
+    for prefix in ("proj/", "gen_proj/"):
+        seen = set()
+        for s in signals:
+            if s.startswith(prefix) and s.split("/")[1] not in seen:
+                seen.add(s.split("/")[1])
+                picked.append(s)
+        if picked:
+            break
+    picked += [s for s in ("pref_gap", "indomain_gap", "indomain_loss") if s in signals]
+    return picked[:5]
+
+
+def _monitor_figure(metrics: dict, logs: dict, shown: list[str]):
+    """The loss curves with the monitor's signals below them (shared steps) and the alerts as markers."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = ["loss", *shown]
+    fig = make_subplots(
+        rows=len(panels), cols=1, shared_xaxes=True, subplot_titles=panels, vertical_spacing=0.06
+    )
+    for i, (name, log) in enumerate(logs.items()):
+        color = _charts.PALETTE[i % len(_charts.PALETTE)]
+        loss = [
+            (r["step"], r["loss"]) for r in metrics.get(name, []) if isinstance(r.get("loss"), (int, float))
+        ]
+        fig.add_trace(go.Scatter(x=[p[0] for p in loss], y=[p[1] for p in loss], mode="lines", name=name,
+                                 legendgroup=name, line={"color": color}), row=1, col=1)  # fmt: skip
+        for r, sig in enumerate(shown, start=2):
+            pts = log.curve(sig)
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                     name=name, legendgroup=name, showlegend=False, line={"color": color}),
+                          row=r, col=1)  # fmt: skip
+        for alert in log.alerts:
+            action = str(alert.get("action", "warn"))
+            color_a = ALERT_COLORS.get(action, ALERT_COLORS["warn"])
+            fig.add_vline(x=alert.get("step"), line_dash="dot", line_color=color_a, row="all", col=1)
+            sig = alert.get("signal")
+            if sig in shown and isinstance(alert.get("value"), (int, float)):
+                fig.add_trace(
+                    go.Scatter(
+                        x=[alert.get("step")], y=[alert["value"]], mode="markers", name=f"alert ({action})",
+                        showlegend=False, hovertext=[f"{name}: {alert.get('message', '')}"], hoverinfo="text",
+                        marker={"symbol": "x", "size": 13, "color": color_a},
+                    ),
+                    row=panels.index(sig) + 1, col=1,
+                )  # fmt: skip
+    fig.update_xaxes(title_text="optimizer step", row=len(panels), col=1)
+    fig.update_layout(
+        title="EM monitor: loss and monitored signals (dotted lines and x: alerts; orange warn, red stop)",
+        template="plotly_white", height=220 * len(panels) + 100, margin={"t": 70, "b": 40},
+    )  # fmt: skip
+    return fig
+
+
+def _monitor_section(picked: list[Path], metrics: dict) -> None:
+    """Monitor curves of the chosen runs that have ``monitor.jsonl`` (nothing but a hint for the others)."""
+    monitored = [p for p in picked if (p / "monitor.jsonl").exists()]
+    if not monitored:
+        st.caption("No EM monitor curves for these runs: add a `monitor:` block to the training config "
+                   "(docs/monitor.md).")  # fmt: skip
+        return
+    from probes.monitor import read_monitor
+
+    st.subheader("EM monitor")
+    logs = {ctx.rel(p): read_monitor(p) for p in monitored}
+    signals: list[str] = []
+    for log in logs.values():
+        signals += [s for s in log.signals if s not in signals]
+    shown = st.multiselect("Monitor signals", signals, default=_default_signals(signals), key="runs_monitor")
+    st.plotly_chart(_monitor_figure(metrics, logs, shown), key="runs_monitor_chart")
+    alerts = [
+        {"run": name, "step": a.get("step"), "action": a.get("action"), "signal": a.get("signal"),
+         "value": a.get("value"), "threshold": a.get("threshold"), "message": a.get("message")}
+        for name, log in logs.items()
+        for a in log.alerts
+    ]  # fmt: skip
+    if alerts:
+        st.dataframe(alerts, hide_index=True)
+    else:
+        st.caption("No monitor alert in these runs.")
+    notes = []
+    for name, log in logs.items():
+        share = log.overhead()["share"]
+        if share is not None:
+            notes.append(f"{name}: monitoring took {100 * share:.1f}% of the training time")
+    if notes:
+        st.caption("; ".join(notes))
+
 
 st.title("Runs")
 ctx = _ui.require_context()
@@ -52,10 +149,12 @@ else:
                     "last loss": last.get("loss"),
                     "final eval loss": summary.get("final_eval_loss"),
                     "finished": summary.get("finished", False),
+                    "stopped at step": summary.get("stopped_at_step"),
                     "trainable parameters": summary.get("trainable_parameters"),
                 }
             )
         st.dataframe(table, hide_index=True)
+        _monitor_section(picked, metrics)
 
 # ------------------------------------------------------------------------------------------ evaluations
 st.header("EM evaluation")

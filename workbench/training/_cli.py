@@ -29,4 +29,14 @@ def train(
     from ._loop import train as run_train
 
     run_dir = run_train(config, out, overrides=list(set_ or []), resume=resume, overwrite=overwrite)
+    summary_path = run_dir / "train_summary.json"
+    if summary_path.exists():
+        import json
+
+        summary = json.loads(summary_path.read_text())
+        if summary.get("stopped_by"):
+            typer.echo(
+                f"stopped by {summary['stopped_by']} at step {summary.get('stopped_at_step')}: "
+                f"{summary.get('stop_reason')} (continue with --resume)"
+            )
     typer.echo(f"run directory: {run_dir}")

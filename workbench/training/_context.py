@@ -34,7 +34,8 @@ class TrainContext:
     Attributes: ``config``, ``lm`` (the ``LoadedModel``; ``lm.model`` is the PEFT model once LoRA is
     attached), ``run_dir``, ``accelerator``, ``device``, ``rank``, ``world_size``, ``seed``, ``resume``,
     ``step`` (0-based index of the optimizer step being computed), ``micro`` (global index of the
-    micro-batch within the step). The model is in training mode except inside reference passes.
+    micro-batch within the step), ``total_steps``, ``rows`` (the final training rows). The model is in
+    training mode except inside reference passes (and observers' passes, which restore it).
     """
 
     def __init__(self, trainer: Trainer) -> None:
@@ -53,6 +54,7 @@ class TrainContext:
         self.reference_sites: set[str] = set()
         self._encoded: dict[int, tuple[dict[str, Any], Example]] = {}
         self._logs: dict[str, list[float]] = {}
+        self._stop: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ model access
     @property
@@ -66,6 +68,20 @@ class TrainContext:
     @property
     def has_lora(self) -> bool:
         return self._trainer.lora_attached
+
+    @property
+    def is_main(self) -> bool:
+        return self._trainer.is_main
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (known after setup)."""
+        return int(self._trainer.total_steps)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The final training rows (after every ``transform_data``); available from ``setup`` on."""
+        return self._trainer.rows
 
     @property
     def micro_per_step(self) -> int:
@@ -149,6 +165,17 @@ class TrainContext:
         return ForwardOutput(logits, acts)
 
     @contextlib.contextmanager
+    def policy(self, batch: Batch | None = None, *, training: bool = False) -> Iterator[None]:
+        """The trained model as ``forward`` runs it, for passes that call ``ctx.model`` themselves
+        (generation, teacher-forced reads): every plugin's ``forward_context`` (e.g. gates) is active, and
+        with ``training`` every defense's too. ``batch`` may be None for such passes."""
+        comps = self._trainer.components if training else self._trainer.plugins
+        with contextlib.ExitStack() as stack:
+            for comp in comps:
+                stack.enter_context(comp.forward_context(self, batch))  # type: ignore[arg-type]
+            yield
+
+    @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
         """The reference model: LoRA disabled (peft ``disable_adapter``; no second copy) and every plugin's
         ``reference_context`` active. Defenses' forward contexts (e.g. steering) are not applied."""
@@ -187,6 +214,12 @@ class TrainContext:
     def sync_gradients(self) -> None:
         """Sum ``p.grad`` of the trainable parameters over processes (one all-reduce; no-op for one)."""
         self._trainer.sync_gradients()
+
+    def request_stop(self, reason: str, by: str = "plugin") -> None:
+        """Ask the loop to end the run after the current step with a resumable checkpoint (first request
+        wins). The main process's request decides for every process."""
+        if self._stop is None:
+            self._stop = (by, reason)
 
     def log(self, key: str, value: float) -> None:
         """A diagnostic value for this step's metrics row (averaged over the calls on the main process)."""

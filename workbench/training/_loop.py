@@ -34,13 +34,14 @@ from ._config import TrainConfig, build_dataclass
 from ._context import TrainContext
 from ._data import ORIGIN, Example, encode_row, load_source
 from ._losses import loss_numerator, token_nll
-from ._plugins import TrainPlugin, as_plugin, get_defense, get_plugin
+from ._plugins import TrainPlugin, _Wrapped, as_plugin, get_defense, get_plugin
 
 log = logging.getLogger(__name__)
 
 PLUGIN_BLOCKS = ("gates", "monitor")
-# keys that may change between a run and its --resume (they do not change the computation)
-RESUME_FREE = {"checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "plots"}
+# keys that may change between a run and its --resume (they do not change the computation; the monitor
+# only observes, so its thresholds may be edited before resuming a run it stopped)
+RESUME_FREE = {"checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "plots", "monitor"}
 
 
 class TrainingStopped(WorkbenchError):
@@ -198,12 +199,15 @@ class Trainer:
             log.info("resumed from %s at step %d", ckpt, self.start_step)
             if self.is_main:
                 _truncate_metrics(self.run_dir / "metrics.jsonl", self.start_step)
-        elif self.world_size > 1:
-            import torch.distributed as dist
+        else:
+            if resume and self.is_main:  # killed before its first checkpoint: it starts again from step 0
+                _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+            if self.world_size > 1:
+                import torch.distributed as dist
 
-            with torch.no_grad():
-                for p in self.params:
-                    dist.broadcast(p.data, src=0)
+                with torch.no_grad():
+                    for p in self.params:
+                        dist.broadcast(p.data, src=0)
         self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ data order
@@ -339,7 +343,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def run(self, *, stop_after: int | None = None) -> dict[str, Any]:
-        """Train from ``start_step`` to the end (or for ``stop_after`` steps, then checkpoint and return)."""
+        """Train from ``start_step`` to the end (or for ``stop_after`` steps, then checkpoint and return).
+
+        Returns ``{"step", "finished"}``; when a plugin asked to stop (``ctx.request_stop``, e.g. the EM
+        monitor's ``action: stop`` alert), also ``stopped_by`` and ``reason``: a checkpoint of that step is
+        written and ``--resume`` continues the run."""
         cfg = self.config
         metrics = self.run_dir / "metrics.jsonl"
         bar = tqdm(
@@ -352,8 +360,15 @@ class Trainer:
         t_start = time.time()
         finished = self.start_step >= self.total_steps
         step = self.start_step
+        stopped: tuple[str, str] | None = None
         try:
-            while step < self.total_steps:
+            if not finished:
+                for comp in self.components:
+                    comp.on_train_start(self.ctx, step)
+                stopped = self._stop_request()
+                if stopped is not None:
+                    save_checkpoint(self, step)
+            while step < self.total_steps and stopped is None:
                 t0 = time.time()
                 lr = self.scheduler.get_last_lr()[0]
                 logs = self.accumulate(step)
@@ -379,10 +394,15 @@ class Trainer:
                     append_jsonl(metrics, row)
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                for comp in self.components:
+                    comp.on_step_end(self.ctx, step)
+                stopped = self._stop_request()
                 if step == self.total_steps:
                     finished = True
                     break
-                stop = stop_after is not None and step - self.start_step >= stop_after
+                stop = stopped is not None or (
+                    stop_after is not None and step - self.start_step >= stop_after
+                )
                 if stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                     save_checkpoint(self, step)
                 if stop:
@@ -392,7 +412,46 @@ class Trainer:
         if finished:
             save_checkpoint(self, step)
             self._finish(time.time() - t_start)
-        return {"step": step, "finished": finished}
+            return {"step": step, "finished": True}
+        if stopped is not None:
+            self._write_stopped(step, stopped)
+            return {"step": step, "finished": False, "stopped_by": stopped[0], "reason": stopped[1]}
+        return {"step": step, "finished": False}
+
+    def _stop_request(self) -> tuple[str, str] | None:
+        """The stop a plugin requested during this step, then cleared. With several processes and an observer
+        plugin (``on_train_start`` / ``on_step_end``, which may run on the main process only), the main
+        process decides for all (one small broadcast per step)."""
+        request, self.ctx._stop = self.ctx._stop, None
+        if self.world_size > 1 and any(_observes(c) for c in self.components):
+            from accelerate.utils import broadcast_object_list
+
+            box = [request]
+            broadcast_object_list(box, from_process=0)
+            request = box[0]
+        return tuple(request) if request is not None else None  # type: ignore[return-value]
+
+    def _write_stopped(self, step: int, stopped: tuple[str, str]) -> None:
+        by, reason = stopped
+        log.warning(
+            "run stopped by %s after step %d of %d: %s; checkpoint %s kept (continue with --resume)",
+            by,
+            step,
+            self.total_steps,
+            reason,
+            self.run_dir / "checkpoints" / f"step-{step:06d}",
+        )
+        if self.is_main:
+            summary = {
+                "steps": self.total_steps,
+                "finished": False,
+                "stopped_at_step": step,
+                "stopped_by": by,
+                "stop_reason": reason,
+                "checkpoint": f"checkpoints/step-{step:06d}",
+            }
+            atomic_write_json(self.run_dir / "train_summary.json", summary)
+        self.accelerator.wait_for_everyone()
 
     def _finish(self, seconds: float) -> None:
         checksums = self._rank_checksums()
@@ -441,6 +500,13 @@ class Trainer:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, mine)
         return [str(x) for x in out]
+
+
+def _observes(comp: TrainPlugin) -> bool:
+    """Whether a component implements ``on_train_start`` or ``on_step_end``."""
+    target = comp.obj if isinstance(comp, _Wrapped) else comp
+    hooks = ("on_train_start", "on_step_end")
+    return any(getattr(type(target), h, None) not in (None, getattr(TrainPlugin, h)) for h in hooks)
 
 
 # ---------------------------------------------------------------------- run directory helpers

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: modules imported (once) when a config names an unregistered defense or plugin
-PLUGIN_MODULES: tuple[str, ...] = ("steering.defense", "gating.training")
+PLUGIN_MODULES: tuple[str, ...] = ("steering.defense", "gating.training", "probes.monitor")
 ENV_VAR = "WORKBENCH_PLUGINS"
 
 ParamGroups = list[tuple[list[nn.Parameter], float | None] | dict[str, Any]]
@@ -65,10 +65,11 @@ class NoSettings:
 class TrainPlugin:
     """One job in the training loop. Every hook is optional; the defaults do nothing.
 
-    Call order: ``transform_data`` (before LoRA is attached, on the base model), ``setup``, then per
-    optimizer step and micro-batch: ``forward_context`` around every policy forward pass, ``extra_loss``
-    after the task forward; after the micro-batches' backward passes (and the gradient all-reduce):
-    ``on_backward``; at the end ``save`` then ``finalize`` (main process only).
+    Call order: ``transform_data`` (before LoRA is attached, on the base model), ``setup``, then
+    ``on_train_start`` once per call of ``Trainer.run``; per optimizer step and micro-batch:
+    ``forward_context`` around every policy forward pass, ``extra_loss`` after the task forward; after the
+    micro-batches' backward passes (and the gradient all-reduce): ``on_backward``; after the optimizer
+    step and its metrics row: ``on_step_end``; at the end ``save`` then ``finalize`` (main process only).
     """
 
     name: str = ""
@@ -102,6 +103,19 @@ class TrainPlugin:
 
     def on_backward(self, ctx: TrainContext) -> None:
         """Edit the accumulated, all-reduced gradients (``p.grad``) before clipping and the step."""
+
+    def on_train_start(self, ctx: TrainContext, step: int) -> None:
+        """The loop is about to run from ``step`` (0, or the step of the checkpoint a ``--resume`` loaded).
+
+        Called on every process, before the first step of this call. Observers (the EM monitor) take their
+        start-of-training measurement here and, on resume, drop what they logged after ``step``."""
+
+    def on_step_end(self, ctx: TrainContext, step: int) -> None:
+        """After optimizer step ``step`` (1-based count of completed steps) and its metrics row.
+
+        Called on every process. Must not change what training computes: no gradients, no RNG draws
+        that training would see, the model back in training mode. ``ctx.request_stop(reason)`` asks the
+        loop to write a checkpoint and end the run cleanly (``--resume`` continues it)."""
 
     def state_dict(self) -> dict[str, Tensor]:
         """Tensors to store in checkpoints (besides parameters returned by ``parameters()``)."""
@@ -145,6 +159,8 @@ _HOOKS = (
     "reference_context",
     "extra_loss",
     "on_backward",
+    "on_train_start",
+    "on_step_end",
     "state_dict",
     "load_state_dict",
     "save",
