@@ -387,7 +387,12 @@ def sweep(
     ref_pairs = _pairs_rows(pairs) if pairs else None
     units = {l: mat[l] / mat[l].norm().clamp_min(1e-12) for l in layer_list}
     gen_kw = dict(
-        max_new_tokens=max_new_tokens, temperature=temp, seed=seed, batch_size=bs, system=system, compile=compile
+        max_new_tokens=max_new_tokens,
+        temperature=temp,
+        seed=seed,
+        batch_size=bs,
+        system=system,
+        compile=compile,
     )
     config = {
         "layers": layer_list,

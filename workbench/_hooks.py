@@ -160,11 +160,20 @@ def intervene(model: Any, edits: Mapping[str, Edit]) -> Iterator[None]:
             h.remove()
 
 
+def _ours(hook: Any) -> bool:
+    """False for transformers' own output-capturing hooks: it installs them once, permanently, the first time
+    a model is asked for hidden states or attentions, so they are not leaks."""
+    fn = getattr(hook, "func", hook)
+    return not str(getattr(fn, "__module__", "") or "").startswith("transformers.")
+
+
 def count_hooks(model: nn.Module) -> int:
-    """Number of forward / pre-forward hooks on every submodule (for leak checks)."""
+    """Number of forward / pre-forward hooks on every submodule (for leak checks), not counting the
+    permanent output-capturing hooks transformers installs for ``output_hidden_states``."""
     n = 0
     for m in model.modules():
-        n += len(m._forward_hooks) + len(m._forward_pre_hooks)
+        n += sum(_ours(h) for h in m._forward_hooks.values())
+        n += sum(_ours(h) for h in m._forward_pre_hooks.values())
     return n
 
 

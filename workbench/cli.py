@@ -463,6 +463,10 @@ def _register_capability_commands() -> None:
 
     app.command("monitor")(monitor)
 
+    from benchmarks._cli import bench
+
+    app.command("bench")(bench)
+
 
 _register_capability_commands()
 

@@ -102,3 +102,14 @@ def test_generate_compile_option_matches_eager(lm, aot):
     eager = generate(lm, PROMPTS, max_new_tokens=10)
     assert generate(lm, PROMPTS, max_new_tokens=10, compile=True) == eager
     assert generate(lm, PROMPTS, max_new_tokens=10, compile=None) == eager  # CPU default: eager
+
+
+def test_new_per_row_coefficients_reuse_the_compiled_graph(lm, aot):
+    v = 3.0 * torch.randn(lm.n_layers, lm.d_model, generator=torch.Generator().manual_seed(3))
+    with Steerer(lm, v, [2], torch.tensor([1.0, 2.0])):
+        _both(lm)
+    graphs = aot["stats"]["unique_graphs"]
+    with Steerer(lm, v, [2], torch.tensor([5.0, -3.0])):  # other values, same shape: same graph
+        eager, compiled = _both(lm)
+    assert torch.equal(eager, compiled)
+    assert aot["stats"]["unique_graphs"] == graphs
