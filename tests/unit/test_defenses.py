@@ -13,7 +13,14 @@ from safetensors.torch import load_file
 from workbench.training import TrainConfig, Trainer, train
 from workbench.training._data import ORIGIN, interleave_evenly, n_to_add
 from workbench.training._loop import make_accelerator
-from workbench.training._losses import dpo_loss, kl_per_token, masked_reduce, token_nll
+from workbench.training._losses import (
+    dpo_loss,
+    kl_per_token,
+    masked_kl,
+    masked_reduce,
+    shifted_mask,
+    token_nll,
+)
 from workbench.training.defenses.grad_projection import project_gradients
 from workbench.training.defenses.interleave_plus import (
     InterleavePlusDefense,
@@ -412,3 +419,15 @@ def test_preventive_steering_steers_training_passes_only(tmp_path):
     assert steered_logs["task_loss"] != pytest.approx(plain_logs["task_loss"], rel=1e-4)
     assert steered_logs["kl"] > 1e-4  # the reference pass is not steered
     assert count_hooks(tr.lm.model) == 0
+
+
+@pytest.mark.parametrize("how", ["token_mean", "sequence_mean"])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_masked_kl_equals_the_full_computation_masked(direction, how):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 7, 11, generator=g), torch.randn(3, 7, 11, generator=g)
+    labels = torch.randint(0, 11, (3, 7), generator=g)
+    labels[0, :4] = -100
+    labels[2, :] = -100  # a row with no loss tokens
+    full = masked_reduce(kl_per_token(a[:, :-1], b[:, :-1], direction), shifted_mask(labels), how)
+    torch.testing.assert_close(masked_kl(a, b, labels, direction, how), full, rtol=1e-6, atol=1e-7)

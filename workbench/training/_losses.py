@@ -77,6 +77,18 @@ def kl_per_token(logits_model: Tensor, logits_ref: Tensor, direction: str) -> Te
     raise ValueError(f"unknown KL direction {direction!r} (forward, reverse)")
 
 
+def masked_kl(logits_model: Tensor, logits_ref: Tensor, labels: Tensor, direction: str, how: str) -> Tensor:
+    """``masked_reduce`` of ``kl_per_token`` over the positions whose next token is in the loss.
+
+    The log-softmaxes over the vocabulary are computed only at those positions (assistant tokens): the same
+    values as computing them everywhere and masking, for a fraction of the cost on chat data.
+    """
+    mask = shifted_mask(labels)  # [batch, pos-1]
+    picked = kl_per_token(logits_model[:, :-1][mask], logits_ref[:, :-1][mask], direction)
+    values = picked.new_zeros(mask.shape).masked_scatter(mask, picked)
+    return masked_reduce(values, mask, how)
+
+
 def dpo_loss(
     policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float
 ) -> Tensor:

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from .._config import _f
-from .._losses import kl_per_token, masked_reduce, shifted_mask
+from .._losses import masked_kl
 from .._plugins import Defense, register_defense
 from ._common import SourceSettings
 
@@ -49,7 +49,6 @@ class KLDefense(Defense):
             batch = ctx.encode(self.stream.batch(ctx.global_micro))
             outputs = ctx.forward(batch)
         ref = ctx.reference_forward(batch)
-        kl = kl_per_token(outputs.logits[:, :-1], ref.logits[:, :-1], s.direction)  # [batch, pos-1]
-        value = masked_reduce(kl, shifted_mask(batch.labels), s.reduction)
+        value = masked_kl(outputs.logits, ref.logits, batch.labels, s.direction, s.reduction)
         ctx.log("kl_value", float(value.detach()))
         return {"kl": s.weight * value}
