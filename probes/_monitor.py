@@ -40,6 +40,7 @@ import torch
 from workbench import WorkbenchError
 from workbench._io import append_jsonl, atomic_write_json, atomic_write_text
 from workbench.training import DataSource, TrainPlugin
+from workbench.training._config import _f
 
 if TYPE_CHECKING:
     from workbench.training import TrainContext
@@ -57,17 +58,6 @@ META_KEYS = ("step", "sd", "n", "monitor_seconds", "train_seconds")
 STATISTICS = ("response_avg", "prompt_avg", "prompt_last")
 MIN_SD_EXAMPLES = 4
 """``rise_sd`` needs a start-of-training spread over at least this many probe examples."""
-
-
-def _f(
-    default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None, **kw: Any
-) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if choices:
-        meta["choices"] = choices
-    if default is dataclasses.MISSING:
-        return field(metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
 
 
 # ---------------------------------------------------------------------------------------------- settings

@@ -69,3 +69,22 @@ def batch_inputs(lm, texts=("The quick brown fox jumps.", "Hi!")):
     enc = tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
     tok.padding_side = old
     return dict(enc)
+
+
+def run_torchrun(cfg_path, out, *, nproc: int = 2, timeout: int = 120):
+    """``workbench.training._launch CONFIG --out OUT`` under ``torch.distributed.run`` on a free port (CPU)."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:  # a free port for the process group
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", port,
+        "-m", "workbench.training._launch", str(cfg_path), "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=root)

@@ -50,6 +50,15 @@ class EvalConfig:
     metrics: tuple[str, ...] = ("aligned", "coherent")
     compile: bool | None = None  # static cache + torch.compile decoding (None: on for CUDA)
 
+    def sampling(self, greedy: bool) -> dict[str, Any]:
+        """``generate`` keywords for greedy (sycophancy / exact sets) or sampled (free-form) answers."""
+        return {
+            "max_new_tokens": self.exact_max_new_tokens if greedy else self.max_new_tokens,
+            "temperature": 0.0 if greedy else self.temperature,
+            "top_p": self.top_p,
+            "compile": self.compile,
+        }
+
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
@@ -105,17 +114,9 @@ class Evaluator:
             return self.generator(prompts, greedy=greedy, seed=seed, desc=desc)
         with self._ctx():
             return generate(
-                self.lm,
-                prompts,
-                max_new_tokens=c.exact_max_new_tokens if greedy else c.max_new_tokens,
-                temperature=0.0 if greedy else c.temperature,
-                top_p=c.top_p,
-                seed=seed,
-                batch_size=c.batch_size,
-                progress=self.progress,
-                desc=desc,
-                compile=c.compile,
-            )
+                self.lm, prompts, seed=seed, batch_size=c.batch_size, progress=self.progress, desc=desc,
+                **c.sampling(greedy),
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ free-form questions
     def free_form(self, questions: Sequence[Any], name: str = "questions") -> dict[str, Any]:
@@ -418,17 +419,9 @@ class SharedGeneration:
             coef = torch.tensor(self.coefficients, dtype=torch.float32).repeat_interleave(len(chunk))
             with self.make_intervention(coef):
                 answers = generate(
-                    self.lm,
-                    rows,
-                    max_new_tokens=c.exact_max_new_tokens if greedy else c.max_new_tokens,
-                    temperature=0.0 if greedy else c.temperature,
-                    top_p=c.top_p,
-                    seed=seed + start,
-                    batch_size=len(rows),
-                    progress=self.progress,
-                    desc=f"{desc} x {n_set} settings",
-                    compile=c.compile,
-                )
+                    self.lm, rows, seed=seed + start, batch_size=len(rows), progress=self.progress,
+                    desc=f"{desc} x {n_set} settings", **c.sampling(greedy),
+                )  # fmt: skip
             self.calls += 1
             for k in range(n_set):
                 out[k].extend(answers[k * len(chunk) : (k + 1) * len(chunk)])

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from probes import PersonaVector
 from probes.monitor import AlertRule, MonitorSettings, evaluate_alerts, monitor_overhead, read_monitor
+from tests.conftest import run_torchrun
 from workbench import WorkbenchError
 from workbench.training import TrainConfig, train
 
@@ -307,26 +308,13 @@ def test_monitor_overhead_measures_passes_and_steps(tmp_path):
 
 def test_two_processes_stop_together_and_log_once(tmp_path):
     """Only the main process measures; its stop decision reaches the other process (no hang, one log)."""
-    import os
-    import socket
-    import subprocess
-    import sys
 
-    root = Path(__file__).resolve().parents[2]
     f = _files(tmp_path / "data")
     rules = [{"signal": "pref_gap", "rule": "above", "value": -1.0e9, "consecutive": 2, "action": "stop"}]
     cfg = _config(f, _monitor_block(f, generate=0, alerts=rules), lora={"r": 4, "alpha": 8})
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(cfg.to_yaml())
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-        "-m", "workbench.training._launch", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet",
-    ]  # fmt: skip
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=root)
+    res = run_torchrun(cfg_path, tmp_path / "run", timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["stopped_at_step"] == 1 and summary["stopped_by"] == "monitor"

@@ -19,32 +19,19 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
-from hypothesis import event as _event
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from tests.conftest import load_tiny
+from tests.unit.test_reliability_inputs import event
+from tests.unit.test_reliability_inputs import fuzz as _fuzz
 from workbench import WorkbenchError, load_artifact, load_model, save_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def event(label: str) -> None:
-    """Count an outcome in hypothesis' statistics (a no-op outside a hypothesis test)."""
-    from hypothesis.control import currently_in_test_context
-
-    if currently_in_test_context():
-        _event(label)
-
-
 def fuzz(n: int) -> settings:
-    return settings(
-        max_examples=n,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    )
+    return _fuzz(n, suppress=(HealthCheck.function_scoped_fixture,))
 
 
 def assert_clear(exc: BaseException, path: Path) -> str:

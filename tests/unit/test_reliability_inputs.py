@@ -40,14 +40,15 @@ def event(label: str) -> None:
         _event(label)
 
 
-def fuzz(n: int) -> settings:
-    """Deterministic example sets (CI-stable), no deadline (a busy shared CPU), no example database."""
+def fuzz(n: int, suppress: tuple[HealthCheck, ...] = (HealthCheck.data_too_large,)) -> settings:
+    """Deterministic example sets (CI-stable), no deadline (a busy shared CPU), no example database;
+    ``too_slow`` and the health checks in ``suppress`` are switched off."""
     return settings(
         max_examples=n,
         deadline=None,
         derandomize=True,
         database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        suppress_health_check=[HealthCheck.too_slow, *suppress],
     )
 
 

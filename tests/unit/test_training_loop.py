@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.conftest import run_torchrun
 from workbench import WorkbenchError
 from workbench.training import (
     Defense,
@@ -253,17 +251,7 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     cfg = tiny_config(tmp_path, optim={"max_steps": 2, "grad_accum": 1})
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(cfg.to_yaml())
-    import socket
-
-    with socket.socket() as sock:  # a free port for the process group
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-        "-m", "workbench.training._launch", str(cfg_path), "--out", str(tmp_path / "run"), "--quiet",
-    ]  # fmt: skip
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    res = run_torchrun(cfg_path, tmp_path / "run", timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"]
