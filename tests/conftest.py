@@ -32,6 +32,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def enable_checkpointing(model, use_reentrant: bool = False) -> None:
+    """Activation (gradient) checkpointing through transformers' current API (``activation_checkpointing_
+    enable``; ``gradient_checkpointing_enable`` is deprecated and goes in v6), the old one on old releases."""
+    kwargs = {"use_reentrant": use_reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 _CACHE: dict[str, object] = {}
 
 

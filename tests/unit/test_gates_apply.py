@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gating import GATE_KINDS, Gate, GateSet, register_gate_kind
+from tests.conftest import enable_checkpointing
 from workbench import WorkbenchError, intervene
 from workbench._hooks import count_hooks
 
@@ -244,7 +245,7 @@ def test_gate_gradients_equal_under_gradient_checkpointing(reentrant):
     lm.model.train()
     plain = grads()
     n_plain = len(calls)
-    lm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    enable_checkpointing(lm.model, use_reentrant=reentrant)
     lm.model.enable_input_require_grads()
     hf_hooks = count_hooks(lm.model)  # HF's own input-grad hook
     ckpt = grads()

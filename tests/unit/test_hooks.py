@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import batch_inputs
+from tests.conftest import batch_inputs, enable_checkpointing
 from workbench import intervene, read_sites
 from workbench._hooks import count_hooks
 
@@ -94,10 +94,7 @@ def test_interventions_under_gradient_checkpointing():
     from workbench import load_model
 
     lm = load_model("random:tiny-llama")
-    enable = (
-        getattr(lm.model, "activation_checkpointing_enable", None) or lm.model.gradient_checkpointing_enable
-    )
-    enable()
+    enable_checkpointing(lm.model)
     lm.model.train()
     before = count_hooks(lm.model)
     inputs = batch_inputs(lm)

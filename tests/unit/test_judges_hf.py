@@ -107,6 +107,7 @@ def test_cached_tree_equals_full_recompute(judge):
     tok = judge.loaded.tokenizer
     ids = [tok(judge._render(p), add_special_tokens=False)["input_ids"] for p in PROMPTS]
     fast = judge.number_probs(ids)
+    assert judge.reuse_cache, "the KV-cache path failed and fell back to recomputing"
     judge.reuse_cache = False
     try:
         slow = judge.number_probs(ids)

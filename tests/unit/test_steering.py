@@ -7,6 +7,7 @@ import torch
 from conftest import batch_inputs, load_tiny
 
 from steering import Steerer, SteeringSpec
+from tests.conftest import enable_checkpointing
 from workbench import WorkbenchError, load_model, read_sites
 from workbench._hooks import count_hooks
 from workbench.generation import encode_left, render_prompts
@@ -264,9 +265,7 @@ def test_gradient_flows_under_training_and_checkpointing():
     assert not torch.allclose(g_steer, g_base)
     assert not v.requires_grad and v.grad is None
     # gradient checkpointing recomputes the layers with the hooks still in place: same gradients
-    lm.model.base_model.model.gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False}
-    )
+    enable_checkpointing(lm.model.base_model.model, use_reentrant=False)
     foreign = count_hooks(lm.model)  # peft / checkpointing may add hooks of their own
     g_ckpt, lora_ckpt, _ = grads(True)
     assert torch.allclose(g_ckpt, g_steer, atol=1e-6)

@@ -26,6 +26,7 @@ first tokens); the model is expected to answer with the bare number, as the judg
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -262,7 +263,7 @@ class HFJudge(Judge):
         others = tree.nodes[1:]
         if not others:
             return root[:, None, :]
-        cache = out.past_key_values
+        cache = _output_cache(out)
         width = max(len(p) for p in others)
         cont = torch.full((len(others), width), pad, dtype=torch.long)
         for j, p in enumerate(others):
@@ -273,7 +274,8 @@ class HFJudge(Judge):
         lengths = mask.sum(-1).repeat_interleave(n_nodes - 1)  # [b * (n_nodes - 1)]
         mask2 = torch.cat([mask.repeat_interleave(n_nodes - 1, dim=0), torch.ones_like(cont)], dim=1)
         pos2 = lengths[:, None] + torch.arange(width, device=dev)[None, :]
-        out2 = self._forward(cont, mask2, position_ids=pos2, past_key_values=cache, use_cache=True)
+        cache_kw = {_cache_kwarg(self.loaded.model): cache}
+        out2 = self._forward(cont, mask2, position_ids=pos2, use_cache=True, **cache_kw)
         last = torch.tensor([len(p) - 1 for p in others], device=dev).repeat(b)  # [b * (n_nodes - 1)]
         logits = out2.logits[torch.arange(len(last), device=dev), last]  # [b * (n_nodes - 1), vocab]
         rest = logits.float().softmax(-1).view(b, n_nodes - 1, -1)
@@ -289,3 +291,20 @@ class HFJudge(Judge):
             out = self._forward(ids, mask, use_cache=False, logits_to_keep=1)
             probs.append(out.logits[:, -1, :].float().softmax(-1))
         return torch.cat(probs).view(len(prompt_ids), len(tree.nodes), -1)
+
+
+def _cache_kwarg(model: Any) -> str:
+    """The forward keyword that takes a KV cache: ``cache`` (transformers >= 5.2x; ``past_key_values`` is
+    deprecated there and goes in 5.40) or ``past_key_values`` (older releases)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _output_cache(out: Any) -> Any:
+    """The KV cache a forward returned, read without touching the deprecated ``past_key_values`` alias."""
+    cache = out.get("cache") if hasattr(out, "get") else getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
