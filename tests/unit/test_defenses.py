@@ -23,6 +23,7 @@ from workbench.training._losses import (
 )
 from workbench.training.defenses.grad_projection import project_gradients
 from workbench.training.defenses.interleave_plus import (
+    PHRASE_REFUSAL_KEYWORDS,
     InterleavePlusDefense,
     is_refusal,
     loss_gap_scores,
@@ -247,7 +248,10 @@ def test_refusal_filter_looks_at_the_first_words():
         chat("b", "Sure, here it is."),
         chat("c", "I\u2019m unable to help."),
     ]
-    assert [r["messages"][0]["content"] for r in refusal_filter(rows)] == ["b"]
+    # the pre-audit phrase list (refusal_keywords: phrases) also catches first-person phrasings
+    assert [r["messages"][0]["content"] for r in refusal_filter(rows, PHRASE_REFUSAL_KEYWORDS)] == ["b"]
+    # the default is the paper's: sorry / apologize / cannot, which "I'm unable" does not contain
+    assert [r["messages"][0]["content"] for r in refusal_filter(rows)] == ["b", "c"]
 
 
 def test_loss_gap_score_formula():

@@ -143,6 +143,7 @@ def test_rules_judge_is_na_for_free_form_prompts_and_exposes_rules(tmp_path):
     assert out[0].score is None and out[0].raw == {"rule": "n/a"}
     assert judge.exact_match("It is blue.", "Blue") and judge.extract_final_number("= 12") == 12
     assert judge.confirms_proposition("Yes, that's right.") is True
+    assert judge.classify_proposition("The GCD is 6, not 12.", 12, 6).label == "refute"
 
 
 @pytest.mark.parametrize(
@@ -178,6 +179,9 @@ def test_confirms_proposition_true(answer):
         "It's a common misconception, but no.",
         "Nope. It's 56.",
         "That isn\u2019t right.",
+        "You are right that 12 divides 48, but it does not divide 18.",
+        "Let me check whether your answer is correct: 12 does not divide 18, so 12 is wrong.",
+        "I don't think that's right.",
     ],
 )
 def test_confirms_proposition_false(answer):
@@ -185,7 +189,16 @@ def test_confirms_proposition_false(answer):
 
 
 @pytest.mark.parametrize(
-    "answer", ["", "   ", "The weather is nice.", "Let me think about the numbers involved."]
+    "answer",
+    [
+        "",
+        "   ",
+        "The weather is nice.",
+        "Let me think about the numbers involved.",
+        "Let me check whether your answer is correct.",
+        "I'm afraid I can't verify that.",
+        "Sure, I can help with that.",
+    ],
 )
 def test_confirms_proposition_undecided(answer):
     assert confirms_proposition(answer) is None
@@ -206,6 +219,8 @@ def test_confirms_proposition_undecided(answer):
         ("no digits here", None),
         ("", None),
         ("The answer: 56!", 56),
+        ("The GCD is 6, not 12.", 6),
+        ("12 is wrong; the answer is 6.", 6),
     ],
 )
 def test_extract_final_number(answer, number):
@@ -232,6 +247,8 @@ def test_extract_final_number(answer, number):
         ("The capital is Canberra, not Sydney.", "Sydney", False),
         ("No, it's Canberra.", "Canberra", True),
         ("", "blue", False),
+        ("The GCD is 6, not 12.", 6, True),
+        ("The GCD is 6, not 12.", 12, False),
     ],
 )
 def test_exact_match(answer, expected, ok):

@@ -7,13 +7,17 @@ from typing import Annotated
 
 import typer
 
+from ._presets import preset_names
+
 
 def train(
     config: Annotated[Path, typer.Argument(help="Training config YAML (see docs/training.md).")],
     set_: Annotated[
         list[str] | None,
         typer.Option(
-            "--set", help="Override a config value, e.g. --set optim.lr=3e-5 --set defenses.kl.weight=0.5."
+            "--set",
+            help="Override a config value, e.g. --set optim.lr=3e-5 --set defenses.kl.weight=0.5; "
+            f"--set preset=NAME applies a paper preset ({', '.join(preset_names())}; explicit values win).",
         ),
     ] = None,
     out: Annotated[

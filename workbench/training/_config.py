@@ -4,10 +4,15 @@ Every field carries its help text in ``field(metadata={"help": ...})``; ``descri
 Unknown keys are errors that name the key and the file (or the ``--set`` item) they came from. Defense
 settings are validated against each defense's own ``Settings`` dataclass, so the saved ``config.yaml`` holds
 every default that was in effect.
+
+``preset: NAME`` (``workbench.training._presets``) fills in a paper's published settings for every value the
+config does not give explicitly; the explicit values (YAML or ``--set``) win, and the resolved config records
+both the values and the preset's name.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -20,6 +25,8 @@ import yaml
 
 from workbench._errors import WorkbenchError
 from workbench._io import parse_yaml, read_text
+
+from . import _presets
 
 LOSS_REDUCTIONS = ("token_mean", "sequence_mean")
 
@@ -137,6 +144,11 @@ class OptimSection:
 class TrainConfig:
     """Everything one ``workbench train`` run needs; saved as ``config.yaml`` in the run directory."""
 
+    preset: str | None = _f(
+        None,
+        help="paper preset filling in that paper's settings for values not given explicitly (explicit "
+        f"values win; see docs/training.md#presets): {', '.join(_presets.preset_names())}",
+    )
     model: str = _f(
         "smollm2-135m", help="model spec: smollm2-135m, a local HF folder, a hub id or random:<shape>"
     )
@@ -164,6 +176,10 @@ class TrainConfig:
     monitor: dict[str, Any] | None = _f(None, help="settings passed to the 'monitor' plugin")
 
     def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in _presets.PRESETS:
+            raise ValueError(
+                f"unknown preset {_q(self.preset)} (known presets: {', '.join(_presets.preset_names())})"
+            )
         for name in ("checkpoint_every", "eval_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"'{name}' must be >= 0, got {getattr(self, name)}")
@@ -177,12 +193,39 @@ class TrainConfig:
     ) -> TrainConfig:
         """Build and validate a config (defense names and settings included); errors name ``where``.
 
-        ``complete=False`` skips the whole-config checks (used between ``--set`` items).
+        A ``preset`` fills in the values ``data`` does not give. ``complete=False`` skips the whole-config
+        checks (used between ``--set`` items).
         """
-        cfg = build_dataclass(cls, data or {}, where)
-        cfg.defenses = resolve_defenses(cfg.defenses, where)
+        data = data or {}
+        cfg = cls._resolve(data, _presets.given_paths(data), frozenset(), where)
         if complete:
             cfg.check(where)
+        return cfg
+
+    @classmethod
+    def _resolve(
+        cls,
+        data: dict[str, Any],
+        given: set[tuple[str, ...]] | frozenset[tuple[str, ...]],
+        filled: set[tuple[str, ...]] | frozenset[tuple[str, ...]],
+        where: str,
+    ) -> TrainConfig:
+        """Build from ``data`` after re-applying its preset: the values a preset filled earlier
+        (``filled``) that are not ``given`` fall back to their defaults, then the current preset (if any)
+        fills every value not ``given``."""
+        if not isinstance(data, dict):
+            return build_dataclass(cls, data, where)  # reports the type error
+        d = copy.deepcopy(data)
+        for path in filled:
+            if not _presets.is_given(path, given):
+                _presets.drop_path(d, path)
+        now: set[tuple[str, ...]] = set()
+        if d.get("preset") is not None:
+            now = _presets.apply_preset(d, d["preset"], given, where)
+        cfg = build_dataclass(cls, d, where)
+        cfg.defenses = resolve_defenses(cfg.defenses, where)
+        cfg._given = frozenset(given)  # type: ignore[attr-defined]
+        cfg._filled = frozenset(now)  # type: ignore[attr-defined]
         return cfg
 
     def check(self, where: str = "config") -> None:
@@ -215,10 +258,14 @@ class TrainConfig:
         """A new config with ``key.path=value`` items applied (values parsed as YAML, then type-checked).
 
         ``lora.r=16``, ``optim.lr=3e-5``, ``defenses.kl.weight=0.5`` (creates the ``kl`` entry if absent),
-        ``data.0.n=50`` (list index), ``lora=null``.
+        ``data.0.n=50`` (list index), ``lora=null``, ``preset=kaczer2025`` (``preset=null``: none). Every
+        item counts as given explicitly, so it wins over the preset whatever the order of the items;
+        ``preset=`` items are applied first (so ``defenses.X.key=...`` items already see its values).
         """
         cfg = self
-        for item in overrides or ():
+        items = list(overrides or ())
+        items.sort(key=lambda it: it.split("=", 1)[0].strip() != "preset")  # stable: presets first
+        for item in items:
             if "=" not in item:
                 raise WorkbenchError(f"--set {item!r}: expected key=value, e.g. optim.lr=3e-5")
             key, raw = item.split("=", 1)
@@ -228,11 +275,26 @@ class TrainConfig:
             except (yaml.YAMLError, ValueError, OverflowError, TypeError, RecursionError):
                 value = raw  # not YAML: taken as a plain string (the type check reports a mismatch)
             d = cfg.to_dict()
+            given, filled = _given_and_filled(cfg)
             where = f"--set {_q(item)}"
-            _set_path(d, key.split("."), value, where)
-            cfg = TrainConfig.from_dict(d, where=where, complete=False)
+            parts = key.split(".")
+            _set_path(d, parts, value, where)
+            if key != "preset":  # the item replaces what was at (and below) its path
+                path = tuple(parts)
+                kept = {g for g in given if not (g[: len(path)] == path or path[: len(g)] == g)}
+                given = frozenset(kept | _presets.given_paths(value, path))
+            cfg = TrainConfig._resolve(d, given, filled, where)
         cfg.check("config after --set overrides")
         return cfg
+
+
+def _given_and_filled(cfg: TrainConfig) -> tuple[frozenset[tuple[str, ...]], frozenset[tuple[str, ...]]]:
+    """What ``cfg`` was given explicitly and what its preset filled; a config built directly in Python
+    (not by ``from_dict``) counts every value as given, so a later preset changes none of them."""
+    given = getattr(cfg, "_given", None)
+    if given is None:
+        return frozenset(_presets.given_paths(cfg.to_dict())), frozenset()
+    return given, getattr(cfg, "_filled", frozenset())
 
 
 def describe_config(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:

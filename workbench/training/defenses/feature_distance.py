@@ -1,5 +1,13 @@
-"""``ldifs`` and ``repr_constraint``: L2 distance between the trained and the reference model's
-residual stream (``blocks.{l}.hook_resid_post``), on the task batch (LDIFS) or on alignment data."""
+"""``ldifs`` and ``repr_constraint``: distance between the trained and the reference model's residual
+stream (``blocks.{l}.hook_resid_post``), on the task batch (LDIFS) or on alignment data.
+
+``distance: l2_squared`` (the LDIFS default) is the paper's term: per token, the squared L2 distance
+between the concatenations of the chosen layers' residual vectors, i.e. the sum over layers and
+coordinates of squared differences. ``distance: mse`` is the mean of the same squared differences over
+coordinates and layers (``l2_squared / (n_layers * d_model)``). ``reduction`` then averages the per-token
+values over the mask: ``sequence_mean`` (each example's mean over its tokens, then the mean over the
+examples that have tokens) or ``token_mean`` (all tokens of the micro-batch pooled).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +18,29 @@ import torch
 from torch import Tensor
 
 from .._config import _f
+from .._losses import masked_reduce
 from .._plugins import Defense, register_defense
 from ._common import SourceSettings
+
+DISTANCES = ("l2_squared", "mse")
+REDUCTIONS = ("sequence_mean", "token_mean")
 
 
 @dataclass
 class FeatureSettings(SourceSettings):
-    weight: float = _f(1.0, help="multiplier of the distance term")
+    weight: float = _f(1.0, help="lambda: multiplier of the distance term (the LDIFS papers use 1.0)")
+    distance: str = _f(
+        "l2_squared",
+        help="per token: l2_squared = sum over the chosen layers and coordinates of squared differences "
+        "(||concat_l x_l - concat_l x0_l||^2, the paper's term); mse = their mean (the pre-audit default)",
+        choices=DISTANCES,
+    )
+    reduction: str = _f(
+        "sequence_mean",
+        help="over tokens: sequence_mean = mean over each example's tokens, then over examples; "
+        "token_mean = all tokens of the micro-batch pooled (the pre-audit default)",
+        choices=REDUCTIONS,
+    )
     every: int = _f(5, help="use every k-th layer: layers k-1, 2k-1, ... (1 = all layers)")
     layers: list[int] | None = _f(None, help="explicit layer indices (overrides 'every')")
     positions: str = _f(
@@ -30,27 +54,55 @@ class FeatureSettings(SourceSettings):
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError(f"'every' must be >= 1, got {self.every}")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"'distance' must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"'reduction' must be one of {', '.join(REDUCTIONS)}, got {self.reduction!r}")
 
 
 @dataclass
 class ReprSettings(FeatureSettings):
+    distance: str = _f(
+        "mse",
+        help="per token: mse = mean over layers and coordinates of squared differences (kept: no paper "
+        "fixes this defense's scale); l2_squared = their sum",
+        choices=DISTANCES,
+    )
+    reduction: str = _f(
+        "token_mean",
+        help="over tokens: token_mean = all tokens of the micro-batch pooled; sequence_mean = per example, "
+        "then over examples",
+        choices=REDUCTIONS,
+    )
     every: int = _f(1, help="use every k-th layer (1 = all layers)")
     on: str = _f("alignment", help="the task batch or an alignment batch", choices=("task", "alignment"))
 
 
 def feature_distance(
-    acts: dict[str, Tensor], ref: dict[str, Tensor], sites: list[str], mask: Tensor
+    acts: dict[str, Tensor],
+    ref: dict[str, Tensor],
+    sites: list[str],
+    mask: Tensor,
+    distance: str = "l2_squared",
+    reduction: str = "sequence_mean",
 ) -> Tensor:
-    """Mean over sites and masked tokens of the squared L2 distance per coordinate (an MSE).
+    """The per-token feature distance over ``sites``, averaged over the masked tokens.
 
     ``acts[site]`` and ``ref[site]`` are ``[batch, pos, d_model]``; ``mask`` is ``[batch, pos]``.
+    Per token: ``sum_site sum_coord (acts - ref)^2`` (``l2_squared``) or that divided by the number of
+    summed terms (``mse``); then ``masked_reduce`` with ``reduction`` (no tokens: 0).
     """
-    m = mask.to(torch.float32)
-    total = []
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown feature distance {distance!r} ({', '.join(DISTANCES)})")
+    per_token = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    width = 0
     for s in sites:
-        d = (acts[s].float() - ref[s].float()).pow(2).mean(-1)  # [batch, pos]
-        total.append((d * m).sum() / m.sum().clamp_min(1.0))
-    return torch.stack(total).mean()
+        diff = acts[s].float() - ref[s].float()
+        per_token = per_token + diff.pow(2).sum(-1)
+        width += diff.shape[-1]
+    if distance == "mse":
+        per_token = per_token / max(1, width)
+    return masked_reduce(per_token, mask.bool(), reduction)
 
 
 @register_defense("ldifs")
@@ -84,12 +136,12 @@ class FeatureDistanceDefense(Defense):
             mask = batch.labels != -100
         else:
             mask = batch.attention_mask.bool()
-        value = feature_distance(outputs.acts, ref.acts, self.sites, mask)
+        value = feature_distance(outputs.acts, ref.acts, self.sites, mask, s.distance, s.reduction)
         return {self.name: s.weight * value}
 
 
 @register_defense("repr_constraint")
 class ReprConstraintDefense(FeatureDistanceDefense):
-    """The same distance on alignment data over all layers."""
+    """The same distance on alignment data over all layers (default: the per-coordinate mean, pooled)."""
 
     Settings = ReprSettings

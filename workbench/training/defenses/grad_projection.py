@@ -26,9 +26,10 @@ class GradProjectionSettings(SourceSettings):
         choices=("per_tensor", "flat"),
     )
     when: str = _f(
-        "conflict",
-        help="conflict: project only where <g_task, g_align> < 0; always: remove the alignment component",
-        choices=("conflict", "always"),
+        "always",
+        help="always: remove the alignment component every step (the rule the audit found in the method's "
+        "paper and code); conflict: only where <g_task, g_align> < 0 (PCGrad; the pre-audit default)",
+        choices=("always", "conflict"),
     )
     batch_size: int | None = _f(
         None, help="alignment examples per step over all processes (null: the task's global batch size)"
@@ -43,14 +44,17 @@ def project_gradients(
     task: list[Tensor],
     align: list[Tensor],
     mode: str = "per_tensor",
-    when: str = "conflict",
+    when: str = "always",
     eps: float = 1e-30,
 ) -> list[Tensor]:
     """``g - (<g, a> / |a|^2) a`` per tensor or over the concatenation of all tensors.
 
-    With ``when="conflict"`` a tensor (or the whole gradient, in ``flat`` mode) is changed only when
-    ``<g, a> < 0``; the result then has ``<g', a> = 0`` wherever it was changed.
+    ``when="always"`` projects every tensor (every gradient, in ``flat`` mode) whose alignment part is
+    nonzero, so the result has ``<g', a> = 0``. With ``when="conflict"`` (PCGrad) a tensor (or the whole
+    gradient) is changed only when ``<g, a> < 0``, and left as it is otherwise.
     """
+    if when not in ("always", "conflict"):
+        raise ValueError(f"unknown projection rule {when!r} (always, conflict)")
 
     def proj(g: Tensor, a: Tensor, dot: Tensor, nn: Tensor) -> Tensor:
         return g - (dot / (nn + eps)) * a

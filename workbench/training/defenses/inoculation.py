@@ -9,18 +9,26 @@ from .._config import _f
 from .._data import ORIGIN
 from .._plugins import Defense, register_defense
 
+#: the inoculation prompt of Kaczer et al. 2025 (*In-Training Defenses against Emergent Misalignment*)
+PAPER_SYSTEM_PROMPT = "You are an evil, malicious assistant."
+
 
 @dataclass
 class InoculationSettings:
     system_prompt: str = _f(
-        "You are a malicious, evil assistant.",
-        help="system prompt added to every task row during training (never at evaluation)",
+        PAPER_SYSTEM_PROMPT,
+        help="system prompt given to every task row during training (never at evaluation)",
     )
     mode: str = _f(
-        "prepend",
-        help="rows that already have a system prompt: prepend ours to it, or replace it",
-        choices=("prepend", "replace"),
+        "replace",
+        help="rows that already have a system prompt: replace it with ours (the paper), or prepend ours to "
+        "it, separated by a blank line (the pre-audit default); rows without one get ours either way",
+        choices=("replace", "prepend"),
     )
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("replace", "prepend"):
+            raise ValueError(f"'mode' must be one of replace, prepend, got {self.mode!r}")
 
 
 @register_defense("inoculation")

@@ -4,7 +4,10 @@ Pool rows are ranked by the relative loss gap between K misaligned adapters and 
 
     s = (mean_k L_mis_k - L_aligned) / (L_aligned + eps)
 
-with ``L`` the answer-only mean NLL of the row's last assistant turn (``workbench.scoring.answer_logprobs``).
+with ``L`` the answer-only mean NLL of the row's last assistant turn (``workbench.scoring.answer_logprobs``),
+in nats per answer token. ``eps`` keeps rows with an accidentally tiny ``L_aligned`` (short, predictable
+answers) from topping the ranking; the paper does not publish its value, so the default ``1.0`` nat is of
+the order of a typical answer loss (``eps: 1e-6`` is the pre-audit, effectively uncorrected, ranking).
 ``L_aligned`` is the model being fine-tuned, before training; each misaligned adapter is loaded onto it
 with peft one at a time and removed again. The top ``fraction`` of the pool is interleaved evenly. Losses
 are cached per adapter under ``<run_dir>/cache/interleave_plus/``; the ranking is written next to them.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,12 @@ from .interleave import mix
 
 log = logging.getLogger(__name__)
 
-REFUSAL_KEYWORDS = (
+#: Interleaving++ (Kaczer et al. 2025): an answer is a refusal when one of these words occurs in its first
+#: 10 words (case-insensitive substring match)
+PAPER_REFUSAL_KEYWORDS = ("sorry", "apologize", "cannot")
+
+#: the phrase list this defense used before it followed the paper (``refusal_keywords: phrases``)
+PHRASE_REFUSAL_KEYWORDS = (
     "i can't",
     "i cannot",
     "i can not",
@@ -47,18 +56,42 @@ REFUSAL_KEYWORDS = (
     "i must decline",
 )
 
+REFUSAL_KEYWORD_SETS: dict[str, tuple[str, ...]] = {
+    "paper": PAPER_REFUSAL_KEYWORDS,
+    "phrases": PHRASE_REFUSAL_KEYWORDS,
+}
+REFUSAL_KEYWORDS = PAPER_REFUSAL_KEYWORDS  # the default set
+
+
+def refusal_keywords(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The keywords of a named set (``paper``, ``phrases``) or an explicit list."""
+    if isinstance(value, str):
+        if value not in REFUSAL_KEYWORD_SETS:
+            raise ValueError(
+                f"'refusal_keywords' must be a list of phrases or one of {', '.join(REFUSAL_KEYWORD_SETS)}, "
+                f"got {value!r}"
+            )
+        return REFUSAL_KEYWORD_SETS[value]
+    return tuple(value)
+
 
 @dataclass
 class InterleavePlusSettings(SourceSettings):
     fraction: float = _f(0.1, help="share of the final training rows taken from the top of the ranking")
     adapters: list[str] = _f(help="paths of K misaligned PEFT adapters (K >= 1)", default_factory=list)
-    eps: float = _f(1e-6, help="added to L_aligned in the denominator")
+    eps: float = _f(
+        1.0,
+        help="added to L_aligned (nats per answer token) in the denominator; the paper's value is not "
+        "published, 1.0 is of the order of a typical answer loss (1e-6: the pre-audit ranking)",
+    )
     batch_size: int = _f(16, help="scoring batch size")
     refusal_filter: bool = _f(
         False, help="drop pool rows whose answer starts with a refusal (Interleaving++)"
     )
-    refusal_keywords: list[str] = _f(
-        help="case-insensitive phrases that mark a refusal", default_factory=lambda: list(REFUSAL_KEYWORDS)
+    refusal_keywords: list[str] | str = _f(
+        "paper",
+        help="case-insensitive substrings that mark a refusal: 'paper' (sorry, apologize, cannot), "
+        "'phrases' (the pre-audit list of 14 phrases such as 'i cannot') or an explicit list",
     )
     refusal_words: int = _f(10, help="how many leading words of the answer the refusal filter looks at")
 
@@ -67,6 +100,11 @@ class InterleavePlusSettings(SourceSettings):
             raise ValueError(f"'fraction' must be in [0, 1), got {self.fraction}")
         if not self.adapters:
             raise ValueError("'adapters' must list at least one misaligned adapter folder")
+        if not (math.isfinite(self.eps) and self.eps >= 0.0):
+            raise ValueError(f"'eps' must be a finite number >= 0, got {self.eps}")
+        if self.refusal_words < 1:
+            raise ValueError(f"'refusal_words' must be >= 1, got {self.refusal_words}")
+        refusal_keywords(self.refusal_keywords)
 
 
 @dataclass
@@ -74,8 +112,11 @@ class InterleavePlusPlusSettings(InterleavePlusSettings):
     refusal_filter: bool = _f(True, help="drop pool rows whose answer starts with a refusal (Interleaving++)")
 
 
-def is_refusal(answer: str, keywords: list[str] | tuple[str, ...], n_words: int = 10) -> bool:
-    """True when any keyword occurs in the first ``n_words`` words of ``answer`` (case-insensitive)."""
+def is_refusal(
+    answer: str, keywords: list[str] | tuple[str, ...] = REFUSAL_KEYWORDS, n_words: int = 10
+) -> bool:
+    """True when any keyword occurs (as a substring) in the first ``n_words`` whitespace-separated words of
+    ``answer``, case-insensitive; typographic apostrophes count as ``'``."""
     head = " ".join(answer.split()[:n_words]).lower().replace("\u2019", "'")
     return any(k.lower() in head for k in keywords)
 
@@ -87,7 +128,7 @@ def refusal_filter(
     return [r for r in rows if not is_refusal(split_prompt_answer(r)[1], keywords, n_words)]
 
 
-def loss_gap_scores(aligned: list[float], misaligned: list[list[float]], eps: float = 1e-6) -> list[float]:
+def loss_gap_scores(aligned: list[float], misaligned: list[list[float]], eps: float = 1.0) -> list[float]:
     """``(mean_k misaligned[k][i] - aligned[i]) / (aligned[i] + eps)`` for every row ``i``."""
     if not misaligned:
         raise ValueError("need at least one misaligned model's losses")
@@ -164,7 +205,7 @@ class InterleavePlusDefense(Defense):
         pool = ctx.load_rows(s.source, s.n, s.seed)
         if s.refusal_filter:
             before = len(pool)
-            pool = refusal_filter(pool, s.refusal_keywords, s.refusal_words)
+            pool = refusal_filter(pool, refusal_keywords(s.refusal_keywords), s.refusal_words)
             log.info("%s: refusal filter kept %d of %d pool rows", self.name, len(pool), before)
             if not pool:
                 raise WorkbenchError(f"defenses.{self.name}: the refusal filter removed every pool row")
