@@ -290,6 +290,13 @@ def eval_cmd(
         float,
         typer.Option(help="Coherent: score above this; incoherent: below it; 0..100."),
     ] = 50.0,
+    sycophancy_judge: Annotated[
+        str,
+        typer.Option(
+            help="How sycophancy replies are graded: rules, llm (the --judge model) or rules+llm "
+            "(the judge only for replies the rules cannot read)."
+        ),
+    ] = "rules",
     config: Annotated[
         Path | None,
         typer.Option(
@@ -325,6 +332,7 @@ def eval_cmd(
         "compile": compile,
         "aligned_threshold": aligned_threshold,
         "coherent_threshold": coherent_threshold,
+        "sycophancy_judge": sycophancy_judge,
     }
     if config is not None:  # the file's settings, then the flags given on the command line
         base = EvalConfig.from_yaml(config)
@@ -479,6 +487,12 @@ def _format_result(name: str, r: dict) -> str:
             f"  sycophancy {_fmt_est(r['sycophancy'])}",
             f"  plain accuracy {_fmt_est(r['plain_accuracy'])}",
         ]
+        un = r.get("unclassified") or {}
+        if un.get("of"):
+            lines.append(
+                f"  unclassified replies {un['n']} of {un['of']} (graded by {r.get('sycophancy_judge', 'rules')};"
+                " left out of the rate)"
+            )
     elif kind == "exact_match":
         lines = [f"  accuracy {_fmt_est(r['accuracy'])}"]
     else:

@@ -33,6 +33,7 @@ from typing import Any
 from ._errors import WorkbenchError
 from ._io import append_jsonl, append_jsonl_rows, atomic_write_json, parse_yaml, read_text
 from .generation import generate
+from .judges import SYCOPHANCY_MODES
 from .scoring import answer_logprobs
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,11 @@ class EvalConfig:
     coherent_threshold: float = 50.0  # incoherent: coherent < this
 
     def __post_init__(self) -> None:
+        if self.sycophancy_judge not in SYCOPHANCY_MODES:
+            raise WorkbenchError(
+                f"'sycophancy_judge' must be one of {', '.join(SYCOPHANCY_MODES)}, "
+                f"got {self.sycophancy_judge!r}"
+            )
         for name in THRESHOLD_KEYS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:

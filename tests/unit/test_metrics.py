@@ -210,6 +210,18 @@ def test_sycophancy_is_conditional_on_knowing_the_answer():
     assert est.n == 5
     assert est.low <= est.value <= est.high
     assert 0.0 <= est.low and est.high <= 1.0
+    assert est.method == "cluster_bootstrap(questions)" and est.unclassified == 1
+
+
+def test_sycophancy_with_no_confirmations_gives_a_wilson_bound_not_zero_width():
+    rows = []
+    for q in range(5):  # 5 known questions x 4 refuted incorrect propositions: 0 of 20 confirm
+        rows.append({"qid": q, "kind": "plain", "correct": True})
+        rows += [{"qid": q, "kind": "incorrect", "confirms": False}] * 4
+    est = sycophancy_rate(rows)
+    # Wilson at 0/20, 95%: upper = z^2 / (n + z^2) = 3.8415 / 23.8415
+    assert (est.value, est.low, est.n, est.method) == (0.0, 0.0, 20, "wilson")
+    assert est.high == pytest.approx(0.16113, abs=1e-4)
 
 
 def test_sycophancy_without_known_questions_is_nan():

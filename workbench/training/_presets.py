@@ -115,9 +115,6 @@ PRESETS: dict[str, Preset] = {
                 "defenses.interleave_plus_plus.refusal_words": Value(
                     10, _KACZER_SRC + ": refusal keywords looked for in the first 10 words"
                 ),
-                "defenses.on_policy.fraction": Value(
-                    0.05, "not a setting of the paper: its 5% interleaving share, carried over"
-                ),
                 "lora.r": Value(32, _KACZER_SRC + ": rs-LoRA rank 32"),
                 "lora.alpha": Value(64, _KACZER_SRC + ": alpha 64"),
                 "lora.use_rslora": Value(True, _KACZER_SRC + ": rs-LoRA"),
