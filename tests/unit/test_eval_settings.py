@@ -192,9 +192,8 @@ def test_bad_eval_config_names_file_line_and_key(tmp_path, text, message):
 
 def test_sycophancy_judge_flag_is_checked_before_anything_runs(tmp_path):
     out = tmp_path / "run"
-    code, _, stderr = run_main(
-        "eval", "-m", "random:tiny-llama", "-d", "syco_gcd_test", "--sycophancy-judge", "vibes", "--out", str(out)
-    )
+    args = ["-m", "random:tiny-llama", "-d", "syco_gcd_test", "--sycophancy-judge", "vibes"]
+    code, _, stderr = run_main("eval", *args, "--out", str(out))
     assert code == 2
     assert stderr.strip() == "error: 'sycophancy_judge' must be one of rules, llm, rules+llm, got 'vibes'"
     assert not out.exists()
