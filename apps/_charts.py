@@ -1,4 +1,8 @@
-"""Plotly figures of what the packages computed (presentation only; plotly is imported inside each function)."""
+"""Plotly figures of what the packages computed (presentation only; plotly is imported inside each function).
+
+Plotly renders a subset of HTML in every text it draws (``<a href>`` included), so each string that comes
+from a run directory (run and metric names, statistics, tokens) goes through :func:`plain` first.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def plain(text: object) -> str:
+    """``text`` as literal plotly text: ``&``, ``<`` and ``>`` as entities, so no tag (link) is drawn."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _layout(fig: Any, title: str, height: int = 380) -> Any:
@@ -24,7 +33,7 @@ def norms_figure(norms: Mapping[str, Sequence[float]]) -> Any:
                 x=list(range(len(values))),
                 y=list(values),
                 mode="lines+markers",
-                name=stat,
+                name=plain(stat),
                 line={"color": PALETTE[i % len(PALETTE)]},
             )
         )
@@ -88,8 +97,8 @@ def token_heatmap(rows: Sequence[tuple[str, Sequence[str], Sequence[float]]], la
     for name, tokens, values in rows:
         pad = width - len(values)
         z.append([float(v) for v in values] + [None] * pad)
-        text.append([t.replace("\n", "\\n") for t in tokens] + [""] * pad)
-        names.append(name)
+        text.append([plain(t.replace("\n", "\\n")) for t in tokens] + [""] * pad)
+        names.append(plain(name))
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -115,7 +124,13 @@ def loss_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[
     from plotly.subplots import make_subplots
 
     keys = list(keys) or ["loss"]
-    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, subplot_titles=keys, vertical_spacing=0.08)
+    fig = make_subplots(
+        rows=len(keys),
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=[plain(k) for k in keys],
+        vertical_spacing=0.08,
+    )
     for i, (name, rows) in enumerate(runs.items()):
         color = PALETTE[i % len(PALETTE)]
         for r, key in enumerate(keys, start=1):
@@ -129,8 +144,8 @@ def loss_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[
                     x=[p[0] for p in pts],
                     y=[p[1] for p in pts],
                     mode="lines+markers",
-                    name=name,
-                    legendgroup=name,
+                    name=plain(name),
+                    legendgroup=plain(name),
                     showlegend=r == 1,
                     line={"color": color},
                 ),
@@ -141,28 +156,43 @@ def loss_figure(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[
     return _layout(fig, "Training curves", height=260 * len(keys) + 80)
 
 
-def estimates_figure(metrics: Mapping[str, Mapping[str, float]]) -> Any:
-    """Point estimates with their 95% intervals (horizontal error bars)."""
+def estimates_figure(metrics: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Point estimates with their 95% intervals (horizontal error bars; none where no interval was recorded).
+
+    The hover names each interval's method and ``n``; estimates without a value are left out.
+    """
     import plotly.graph_objects as go
 
-    names = list(metrics)
+    names = [n for n in metrics if metrics[n].get("value") is not None]
     vals = [metrics[n]["value"] for n in names]
+
+    def _bar(n: str, side: str) -> float:
+        m = metrics[n]
+        bound = m.get(side)
+        return 0.0 if bound is None else abs(bound - m["value"])
+
+    def _hover(n: str) -> str:
+        m = metrics[n]
+        count = "n/a" if m.get("n") is None else str(m["n"])
+        return plain(f"n = {count}, interval: {m.get('method') or 'not recorded'}")
+
     fig = go.Figure(
         go.Scatter(
             x=vals,
-            y=names,
+            y=[plain(n) for n in names],
             mode="markers",
             marker={"size": 10, "color": PALETTE[0]},
             error_x={
                 "type": "data",
                 "symmetric": False,
-                "array": [metrics[n]["high"] - metrics[n]["value"] for n in names],
-                "arrayminus": [metrics[n]["value"] - metrics[n]["low"] for n in names],
+                "array": [_bar(n, "high") for n in names],
+                "arrayminus": [_bar(n, "low") for n in names],
             },
-            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+            text=[_hover(n) for n in names],
+            hovertemplate="%{y}: %{x:.3f} (%{text})<extra></extra>",
         )
     )
-    fig.update_xaxes(title_text="estimate with bootstrap 95% interval")
+    fig.update_xaxes(title_text="estimate with its 95% interval (method and n in the table)")
     return _layout(fig, "Evaluation metrics", height=140 + 40 * len(names))
 
 
@@ -178,7 +208,7 @@ def pareto_figure(
         go.Scatter(
             x=[p[1] for i, p in enumerate(points) if i not in on],
             y=[p[2] for i, p in enumerate(points) if i not in on],
-            text=[p[0] for i, p in enumerate(points) if i not in on],
+            text=[plain(p[0]) for i, p in enumerate(points) if i not in on],
             mode="markers+text",
             textposition="top center",
             name="dominated",
@@ -190,15 +220,15 @@ def pareto_figure(
         go.Scatter(
             x=[p[1] for p in best],
             y=[p[2] for p in best],
-            text=[p[0] for p in best],
+            text=[plain(p[0]) for p in best],
             mode="lines+markers+text",
             textposition="top center",
             name="Pareto front",
             marker={"size": 12, "color": PALETTE[1]},
         )
     )
-    fig.update_xaxes(title_text=x_label)
-    fig.update_yaxes(title_text=y_label)
+    fig.update_xaxes(title_text=plain(x_label))
+    fig.update_yaxes(title_text=plain(y_label))
     return _layout(fig, "Pareto front across runs", height=460)
 
 
@@ -215,4 +245,4 @@ def screen_histogram(diffs: Sequence[float], threshold: float | None, mean: floa
         fig.add_vline(x=mean, line_color="gray", annotation_text="mean")
     fig.update_xaxes(title_text="projection difference (example's response - base model's answer)")
     fig.update_yaxes(title_text="examples")
-    return _layout(fig, f"Projection differences, layer {layer}")
+    return _layout(fig, plain(f"Projection differences, layer {layer}"))

@@ -1,7 +1,9 @@
 """What the explorer reads from run directories: the run root, artifact discovery and small file readers.
 
-No Streamlit here (unit-tested on its own). Every path the user can choose goes through ``resolve_inside``:
-the explorer never reads outside the run root it was started on.
+No Streamlit here (unit-tested on its own). Every path the user can choose goes through ``resolve_inside``
+and every file the pages open goes through ``inside`` (the readers take the root for that): a symbolic link,
+to a file or a directory, that resolves outside the run root is never followed, so the explorer never reads
+outside the run root it was started on. Model specs go through ``check_model_spec``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,20 @@ from workbench import WorkbenchError
 
 ROOT_ENV = "WORKBENCH_RUN_ROOT"
 RUN_ENV = "WORKBENCH_RUN_DIR"
+MODELS_ENV = "WORKBENCH_APP_MODELS"
+"""Extra model specs the explorer may load, one a line (``--model`` of ``workbench app`` sets them)."""
+NETWORK_ENV = "WORKBENCH_APP_ALLOW_NETWORK"
+"""``1``: the explorer may reach the model hub (``--allow-network``); otherwise it runs offline."""
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 DEFAULT_MODEL = "smollm2-135m"
+MAKE_RUNS_HINT = (
+    "Make runs first: `make demo` (or `workbench demo`) writes one into runs/, and `workbench extract-vector`, "
+    "`sweep`, `train`, `eval` and `screen` write theirs with `--out runs/<name>`."
+)
+SMALL_N = 30
+"""Estimates resting on fewer rows than this get a caveat on the Runs page."""
+MAX_TREE_ENTRIES = 10_000
+"""How many entries of an adapter or model folder are checked for links leaving the root."""
 STATISTICS = ("response_avg", "prompt_avg", "prompt_last")
 """The persona-vector statistics, in the order the pages offer them."""
 MAX_DEPTH = 4
@@ -39,15 +54,44 @@ MARKERS = (
 
 
 # ---------------------------------------------------------------------------------------- root and paths
-def parse_args(argv: Sequence[str] | None = None) -> tuple[Path, Path | None]:
-    """``--run-root`` / ``--run-dir`` from the script arguments, else the environment, else ``./runs``."""
+@dataclass(frozen=True)
+class Options:
+    """The explorer's start-up options: run root, directory to open, allowed model specs, network."""
+
+    root: Path
+    run: Path | None = None
+    models: tuple[str, ...] = ()
+    allow_network: bool = False
+
+
+def parse_options(argv: Sequence[str] | None = None) -> Options:
+    """``--run-root`` / ``--run-dir`` / ``--model`` (repeatable) / ``--allow-network`` from the script
+    arguments, else the environment (``WORKBENCH_RUN_ROOT``, ``WORKBENCH_RUN_DIR``, ``WORKBENCH_APP_MODELS``
+    one spec a line, ``WORKBENCH_APP_ALLOW_NETWORK=1``), else ``./runs``, no extra model, offline."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--run-root", default=None)
     parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--model", action="append", default=[])
+    parser.add_argument("--allow-network", action="store_true")
     args, _ = parser.parse_known_args(list(argv) if argv is not None else [])
     root = args.run_root or os.environ.get(ROOT_ENV) or "runs"
     run = args.run_dir or os.environ.get(RUN_ENV) or None
-    return Path(root).expanduser().resolve(), (Path(run).expanduser() if run else None)
+    models = [m.strip() for m in args.model] or [
+        line.strip() for line in os.environ.get(MODELS_ENV, "").splitlines()
+    ]
+    network = args.allow_network or os.environ.get(NETWORK_ENV, "").strip().lower() in ("1", "true", "yes")
+    return Options(
+        root=Path(root).expanduser().resolve(),
+        run=Path(run).expanduser() if run else None,
+        models=tuple(dict.fromkeys(m for m in models if m)),
+        allow_network=bool(network),
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Path, Path | None]:
+    """``(run root, directory to open)`` of :func:`parse_options`."""
+    opts = parse_options(argv)
+    return opts.root, opts.run
 
 
 def resolve_inside(root: Path, value: str | os.PathLike[str]) -> Path:
@@ -72,21 +116,72 @@ def rel(root: Path, path: Path) -> str:
     return text or "."
 
 
-# ---------------------------------------------------------------------------------------- small readers
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object, or None when the file is missing or unreadable."""
+def inside(root: Path, path: str | os.PathLike[str]) -> Path | None:
+    """``path`` with every symbolic link resolved, when that stays inside ``root``; else None.
+
+    The one check before the explorer opens or lists anything: a link (to a file or a directory) whose
+    target lies outside the run root gives None, as do link loops and unreadable paths.
+    """
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        real_root = Path(root).resolve()
+        real = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return real if real == real_root or real_root in real.parents else None
+
+
+def inside_file(root: Path, path: str | os.PathLike[str]) -> Path | None:
+    """:func:`inside` for a regular file that exists (None for a missing file, a directory or a link out)."""
+    real = inside(root, path)
+    return real if real is not None and real.is_file() else None
+
+
+def inside_tree(root: Path, folder: str | os.PathLike[str]) -> Path | None:
+    """``folder`` resolved when it and everything below it stay inside ``root`` (links included).
+
+    Used for folders that another library reads whole (LoRA adapters, model folders): a single file linked
+    from outside the root refuses the folder. None as well for a missing folder or one with more than
+    ``MAX_TREE_ENTRIES`` entries.
+    """
+    real = inside(root, folder)
+    if real is None or not real.is_dir():
+        return None
+    seen = 0
+    for here, dirs, files in os.walk(real, followlinks=False):
+        for name in [*dirs, *files]:
+            seen += 1
+            if seen > MAX_TREE_ENTRIES or inside(root, Path(here) / name) is None:
+                return None
+    return real
+
+
+# ---------------------------------------------------------------------------------------- small readers
+def _checked(path: Path, root: Path | None) -> Path | None:
+    """``path`` itself without a root; with one, :func:`inside_file` (None: treat the file as missing)."""
+    return Path(path) if root is None else inside_file(root, path)
+
+
+def read_json(path: Path, root: Path | None = None) -> dict[str, Any] | None:
+    """A JSON object, or None when the file is missing, unreadable or (given ``root``) links outside it."""
+    real = _checked(path, root)
+    if real is None:
+        return None
+    try:
+        data = json.loads(real.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file (unreadable lines, such as one cut by a crash, are skipped)."""
+def read_jsonl(path: Path, root: Path | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file (unreadable lines, such as one cut by a crash, are skipped); no rows
+    when the file is missing or (given ``root``) links outside it."""
     rows: list[dict[str, Any]] = []
+    real = _checked(path, root)
+    if real is None:
+        return rows
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = real.read_text(encoding="utf-8")
     except OSError:
         return rows
     for line in text.splitlines():
@@ -102,9 +197,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_yaml(path: Path) -> dict[str, Any] | None:
+def read_yaml(path: Path, root: Path | None = None) -> dict[str, Any] | None:
+    """A YAML mapping (``safe_load``), or None like :func:`read_json`."""
+    real = _checked(path, root)
+    if real is None:
+        return None
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.safe_load(real.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None
@@ -133,7 +232,11 @@ def mtime(path: Path) -> float:
 # ---------------------------------------------------------------------------------------- discovery
 @dataclass
 class Found:
-    """Artifacts found under one directory (paths are absolute; lists are sorted)."""
+    """Artifacts found under one directory (paths are absolute and resolved; lists are sorted).
+
+    ``outside`` lists the links that were not followed because their target lies outside the run root
+    (not counted as artifacts).
+    """
 
     vectors: list[Path] = field(default_factory=list)  # persona_vector .safetensors files
     sweeps: list[Path] = field(default_factory=list)  # folders with sweep summary.json / sweep.csv
@@ -143,18 +246,20 @@ class Found:
     evals: list[Path] = field(default_factory=list)  # folders with an eval summary.json
     screens: list[Path] = field(default_factory=list)  # folders with ranked.jsonl + screen summary.json
     adapters: list[Path] = field(default_factory=list)  # PEFT adapter folders
+    outside: list[Path] = field(default_factory=list)  # links leaving the run root, not followed
 
     def counts(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.__dict__.items()}
+        return {k: len(v) for k, v in self.__dict__.items() if k != "outside"}
 
 
 def _walk(top: Path, depth: int = MAX_DEPTH) -> Iterator[Path]:
-    """Directories under ``top`` (``top`` included), skipping hidden, checkpoint and adapter folders."""
+    """Directories under ``top`` (``top`` included), skipping hidden, checkpoint and adapter folders and
+    every symbolically linked directory (so no link is followed out of the root, and no loop is walked)."""
     yield top
     if depth <= 0:
         return
     try:
-        children = sorted(p for p in top.iterdir() if p.is_dir() and not p.is_symlink())
+        children = sorted(p for p in top.iterdir() if not p.is_symlink() and p.is_dir())
     except OSError:
         return
     for child in children:
@@ -176,52 +281,87 @@ def summary_kind(summary: dict[str, Any] | None) -> str:
     return ""
 
 
-def scan(top: Path) -> Found:
-    """Every artifact the pages can show, under ``top`` (at most ``MAX_DEPTH`` folders deep)."""
+def _artifact_files(folder: Path, root: Path, outside: list[Path]) -> dict[str, Path]:
+    """The marker and ``.safetensors`` files of ``folder`` that resolve inside ``root``, by name (resolved).
+
+    A link whose target is outside the root is left out and noted in ``outside``.
+    """
+    out: dict[str, Path] = {}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.name not in MARKERS and not entry.name.endswith(".safetensors"):
+            continue
+        real = inside_file(root, entry)
+        if real is not None:
+            out[entry.name] = real
+        elif entry.is_symlink():
+            outside.append(entry)
+    return out
+
+
+def scan(top: Path, root: Path | None = None) -> Found:
+    """Every artifact the pages can show, under ``top`` (at most ``MAX_DEPTH`` folders deep).
+
+    Only files and folders that resolve inside ``root`` (default: ``top``) are looked at; links leaving it
+    are listed in ``Found.outside`` and otherwise ignored.
+    """
+    root = Path(root if root is not None else top).resolve()
     found = Found()
     for folder in _walk(Path(top)):
-        try:
-            names = {p.name for p in folder.iterdir()}
-        except OSError:
+        if inside(root, folder) is None:
             continue
-        kind = summary_kind(read_json(folder / "summary.json")) if "summary.json" in names else ""
+        files = _artifact_files(folder, root, found.outside)
+        summary = read_json(files["summary.json"], root) if "summary.json" in files else None
+        kind = summary_kind(summary)
         if kind == "eval":
             found.evals.append(folder)
-        elif kind == "sweep" or ("sweep.csv" in names and kind == ""):
+        elif kind == "sweep" or ("sweep.csv" in files and kind == ""):
             found.sweeps.append(folder)
-        elif kind == "screen" and "ranked.jsonl" in names:
+        elif kind == "screen" and "ranked.jsonl" in files:
             found.screens.append(folder)
-        if "metrics.jsonl" in names:
+        if "metrics.jsonl" in files:
             found.trainings.append(folder)
-        if "analysis.json" in names:
-            found.analyses.append(folder / "analysis.json")
+        if "analysis.json" in files:
+            found.analyses.append(files["analysis.json"])
         adapter = folder / "adapter"
         if (adapter / "adapter_config.json").exists():
-            found.adapters.append(adapter)
-        for name in sorted(names):
+            real = inside_tree(root, adapter)
+            if real is not None:
+                found.adapters.append(real)
+            else:
+                found.outside.append(adapter)
+        for name, real in files.items():
             if not name.endswith(".safetensors"):
                 continue
-            art = artifact_kind(folder / name)
+            art = artifact_kind(real)
             if art == "persona_vector":
-                found.vectors.append(folder / name)
+                found.vectors.append(real)
             elif art == "gates":
-                found.gates.append(folder / name)
+                found.gates.append(real)
+    for key in found.__dict__:
+        setattr(found, key, list(dict.fromkeys(getattr(found, key))))
     return found
 
 
 def list_run_dirs(root: Path) -> list[Path]:
     """The root and every folder under it that holds a run artifact (the sidebar's choices)."""
     out = [Path(root).resolve()]
-    for folder in _walk(Path(root).resolve()):
+    for folder in _walk(out[0]):
         if folder == out[0]:
             continue
-        try:
-            names = {p.name for p in folder.iterdir()}
-        except OSError:
-            continue
-        if names & set(MARKERS) or any(n.endswith(".safetensors") for n in names):
+        if _artifact_files(folder, out[0], []):
             out.append(folder)
     return out
+
+
+def _config_model(folder: Path, root: Path) -> str | None:
+    cfg = read_yaml(folder / "config.yaml", root)
+    if cfg and isinstance(cfg.get("model"), str) and cfg["model"].strip():
+        return cfg["model"].strip()
+    return None
 
 
 def model_spec_for(folder: Path, root: Path) -> str | None:
@@ -229,17 +369,62 @@ def model_spec_for(folder: Path, root: Path) -> str | None:
     root = Path(root).resolve()
     here = Path(folder).resolve()
     while True:
-        cfg = read_yaml(here / "config.yaml")
-        if cfg and isinstance(cfg.get("model"), str) and cfg["model"].strip():
-            return cfg["model"].strip()
-        if here == root or root not in here.parents:
+        if root not in here.parents and here != root:
+            return None
+        spec = _config_model(here, root)
+        if spec:
+            return spec
+        if here == root:
             return None
         here = here.parent
+
+
+def find_model_spec(folder: Path, root: Path) -> str | None:
+    """The model of the nearest ``config.yaml`` at or above ``folder``, else of the first one below it."""
+    spec = model_spec_for(folder, root)
+    if spec:
+        return spec
+    for sub in _walk(Path(folder)):
+        spec = _config_model(sub, root)
+        if spec:
+            return spec
+    return None
 
 
 def rows_path(vector_file: Path) -> Path:
     """Where ``extract-vector`` writes its per-answer rows: ``<stem>_rows.jsonl`` beside the vector."""
     return vector_file.with_name(f"{vector_file.stem}_rows.jsonl")
+
+
+# ---------------------------------------------------------------------------------------- models
+def check_model_spec(spec: str, root: Path, allowed: Sequence[str] = ()) -> str:
+    """The spec to hand to ``load_model`` when the explorer may load it; ``WorkbenchError`` otherwise.
+
+    Allowed: a spec given on the explorer's command line (``workbench app --model SPEC``, exactly as
+    given), the embedded default ``smollm2-135m``, ``random:<shape>`` (random weights: nothing is read),
+    and a model folder inside the run root (relative to the root, or absolute) with no link leaving the
+    root, returned as its absolute path. Anything else (another folder on disk, a hub id from a run's
+    ``config.yaml``) is refused before anything is read or downloaded.
+    """
+    text = str(spec).strip()
+    if not text:
+        raise WorkbenchError("the model spec is empty")
+    if text in allowed or text == DEFAULT_MODEL or text.startswith("random:"):
+        return text
+    raw = Path(text).expanduser()
+    real = inside(root, raw if raw.is_absolute() else Path(root) / raw)
+    if real is not None and real.is_dir():
+        if inside_tree(root, real) is None:
+            raise WorkbenchError(
+                f"model folder '{text}' links to files outside the run root (or holds more than "
+                f"{MAX_TREE_ENTRIES} entries); the explorer does not load it"
+            )
+        return str(real)
+    raise WorkbenchError(
+        f"model '{text}' is not allowed here: the explorer loads only {DEFAULT_MODEL}, random:<shape>, a "
+        f"model folder inside the run root, and the specs given when it was started (workbench app "
+        f"RUN_DIR --model SPEC)"
+    )
 
 
 # ---------------------------------------------------------------------------------------- eval summaries
@@ -258,52 +443,80 @@ def higher_is_better(metric: str) -> bool:
     return not any(word in metric for word in LOWER_IS_BETTER)
 
 
-def _estimate(value: Any) -> dict[str, float] | None:
-    if isinstance(value, dict) and "value" in value:
-        v = value.get("value")
-        if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
-            return {
-                "value": float(v),
-                "low": float(value.get("low", v)),
-                "high": float(value.get("high", v)),
-                "n": int(value.get("n", 0) or 0),
-                "interval": True,
-            }
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value)):
-        return {"value": float(value), "low": float(value), "high": float(value), "n": 0, "interval": False}
-    return None
+    return float(value) if math.isfinite(float(value)) else None
 
 
-def eval_metrics(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """``{"<set>/<metric>": {value, low, high, n}}`` from an eval ``summary.json`` (point estimates too)."""
-    out: dict[str, dict[str, float]] = {}
-    for set_name, result in (summary.get("sets") or {}).items():
+def _estimate(value: Any) -> dict[str, Any] | None:
+    """An estimate as ``{value, low, high, n, method, interval, unclassified}``; None if not a metric.
+
+    ``value``/``low``/``high`` are None where the file has ``null`` (no data) or NaN; a bare number is a
+    point estimate (``interval`` False, ``n`` None).
+    """
+    if isinstance(value, dict) and "value" in value:
+        n = _finite(value.get("n"))
+        low, high = _finite(value.get("low")), _finite(value.get("high"))
+        return {
+            "value": _finite(value.get("value")),
+            "low": low,
+            "high": high,
+            "n": int(n) if n is not None and n >= 0 else 0,
+            "method": str(value.get("method") or ""),
+            "interval": low is not None and high is not None,
+            "unclassified": int(_finite(value.get("unclassified")) or 0),
+        }
+    number = _finite(value)
+    if number is None:
+        return None
+    return {"value": number, "low": None, "high": None, "n": None, "method": "", "interval": False,
+            "unclassified": 0}  # fmt: skip
+
+
+def eval_metrics(summary: dict[str, Any], *, with_empty: bool = False) -> dict[str, dict[str, Any]]:
+    """``{"<set>/<metric>": estimate}`` (see ``_estimate``) from an eval ``summary.json``.
+
+    Estimates without a value (no data: ``null`` or NaN in the file) are left out unless ``with_empty``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    sets = summary.get("sets") if isinstance(summary, dict) else None
+    for set_name, result in (sets if isinstance(sets, dict) else {}).items():
         if not isinstance(result, dict):
             continue
         for key, value in result.items():
             if key in ("rows", "kind", "judge", "per_question", "by_category"):
                 continue
             est = _estimate(value)
-            if est is not None:
+            if est is not None and (with_empty or est["value"] is not None):
                 out[f"{set_name}/{key}"] = est
     return out
 
 
-def find_model_spec(folder: Path, root: Path) -> str | None:
-    """The model of the nearest ``config.yaml`` at or above ``folder``, else of the first one below it."""
-    spec = model_spec_for(folder, root)
-    if spec:
-        return spec
-    for sub in _walk(Path(folder)):
-        cfg = read_yaml(sub / "config.yaml")
-        if cfg and isinstance(cfg.get("model"), str) and cfg["model"].strip():
-            return cfg["model"].strip()
-    return None
+def estimate_note(est: dict[str, Any]) -> str:
+    """A caveat for the Runs page table ("" when the estimate needs none)."""
+    notes = []
+    n = est.get("n")
+    if est.get("value") is None or n == 0:
+        notes.append("no data (n = 0)")
+    elif n is None:
+        notes.append("point value, no interval or n recorded")
+    elif n < SMALL_N:
+        notes.append(f"small sample (n = {n} < {SMALL_N}): the interval is rough")
+    if est.get("interval") and est.get("value") is not None and n:
+        if est["low"] == est["high"] and est.get("method") != "wilson":
+            notes.append("zero-width interval (no or only events; no Wilson bound recorded)")
+        if est.get("method") == "wilson":
+            notes.append("Wilson bound: treats answers as independent")
+    elif est.get("value") is not None and n:
+        notes.append("no interval recorded")
+    if est.get("unclassified"):
+        notes.append(f"{est['unclassified']} unclassified replies left out")
+    return "; ".join(notes)
 
 
 def _number(text: str) -> float | int | None:
-    if text in ("", None):
+    if not isinstance(text, str) or text == "":
         return None
     try:
         value = float(text)
@@ -312,18 +525,24 @@ def _number(text: str) -> float | int | None:
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
-def read_sweep(folder: Path) -> dict[str, Any] | None:
-    """A sweep's ``summary.json`` (cells, recommended layer, rule, config), or its cells from ``sweep.csv``."""
-    summary = read_json(folder / "summary.json")
+def read_sweep(folder: Path, root: Path | None = None) -> dict[str, Any] | None:
+    """A sweep's ``summary.json`` (cells, recommended layer, rule, config), or its cells from ``sweep.csv``.
+
+    Given ``root``, files linking outside it are treated as missing.
+    """
+    summary = read_json(folder / "summary.json", root)
     if summary_kind(summary) == "sweep":
         return summary
-    path = folder / "sweep.csv"
-    if not path.exists():
+    path = _checked(folder / "sweep.csv", root)
+    if path is None or not path.is_file():
         return None
     import csv
 
-    with open(path, encoding="utf-8", newline="") as fh:
-        cells = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            cells = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
     cells = [c for c in cells if c.get("layer") is not None and c.get("alpha") is not None]
     if not cells:
         return None

@@ -9,6 +9,7 @@ session must not leak into another session's forward pass.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,19 +21,62 @@ import streamlit as st
 from . import _runs
 
 CTX_KEY = "wb_context"
+HINT_KEY = "wb_hint"
+
+
+# ---------------------------------------------------------------------------------------- plain text
+def code(text: object) -> str:
+    """``text`` as a Markdown inline code span: shown literally wherever Streamlit renders Markdown.
+
+    For every user-controlled string (folder names, model specs, config values, file contents, error
+    messages quoting them) put into a caption, message, heading, metric or label: inside a code span no
+    link, autolink, emphasis or directive is parsed. The fence is one backtick longer than the longest run
+    of backticks in ``text``; line breaks become spaces.
+    """
+    body = " ".join(str(text).splitlines()) or " "
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", body)), default=0) + 1)
+    if body.startswith("`") or body.endswith("`") or (body.startswith(" ") and body.endswith(" ")):
+        body = f" {body} "
+    return f"{fence}{body}{fence}"
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9 .,+=/?%()-]*")
+
+
+def md(text: object) -> str:
+    """``text`` unchanged when it holds no Markdown syntax (only letters, digits, spaces and
+    ``. , + = / ? % ( ) -``, and no ``www.``), else :func:`code`: for short values such as metric values."""
+    body = str(text)
+    return body if _PLAIN.fullmatch(body) and "www." not in body.lower() else code(body)
 
 
 @dataclass
 class Context:
-    """What the sidebar chose: the run root, the directory being explored, its artifacts and the model."""
+    """What the sidebar chose: the run root, the directory being explored, its artifacts and the model.
+
+    ``spec`` is the model spec to load (already checked by ``_runs.check_model_spec``), or None when the
+    requested one (``requested``) was refused; ``spec_error`` says why.
+    """
 
     root: Path
     scope: Path
     found: _runs.Found
-    spec: str
+    spec: str | None
+    requested: str = ""
+    spec_error: str = ""
 
     def rel(self, path: Path) -> str:
         return _runs.rel(self.root, path)
+
+    def file(self, path: Path) -> Path | None:
+        """``path`` resolved when it is a file inside the run root (links leaving it give None)."""
+        return _runs.inside_file(self.root, path)
+
+    def read_json(self, path: Path) -> dict[str, Any] | None:
+        return _runs.read_json(path, self.root)
+
+    def read_jsonl(self, path: Path) -> list[dict[str, Any]]:
+        return _runs.read_jsonl(path, self.root)
 
 
 def context() -> Context | None:
@@ -43,9 +87,19 @@ def context() -> Context | None:
 def require_context() -> Context:
     ctx = context()
     if ctx is None:
-        st.info("Choose a run directory inside the run root in the sidebar.")
+        st.info(
+            st.session_state.get(HINT_KEY) or "Choose a run directory inside the run root in the sidebar."
+        )
         st.stop()
     return ctx
+
+
+def model_ready(ctx: Context) -> bool:
+    """True when the context has a model the explorer may load; else the refusal is shown here."""
+    if ctx.spec is None:
+        st.error(f"No model loaded: {code(ctx.spec_error or 'no model spec')}")
+        return False
+    return True
 
 
 def pick_path(
@@ -59,7 +113,7 @@ def pick_path(
     where: Any = None,
 ) -> Path | None:
     """A selectbox over paths shown relative to the root (string options, so tests can pick them too)."""
-    names = ([none_label] if none_label else []) + [ctx.rel(p) for p in paths]
+    names = ([none_label] if none_label else []) + [ctx.rel(p) for p in paths]  # options are plain text
     by_name = dict(zip([ctx.rel(p) for p in paths], paths, strict=True))
     index = names.index(ctx.rel(default)) if default is not None and ctx.rel(default) in names else 0
     name = (where or st).selectbox(label, names, index=index, key=key)
@@ -67,9 +121,9 @@ def pick_path(
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def scan(scope: str) -> _runs.Found:
-    """Artifacts under ``scope`` (rescanned at most every few seconds)."""
-    return _runs.scan(Path(scope))
+def scan(scope: str, root: str) -> _runs.Found:
+    """Artifacts under ``scope`` inside ``root`` (rescanned at most every few seconds)."""
+    return _runs.scan(Path(scope), Path(root))
 
 
 @st.cache_data(ttl=5, show_spinner=False)
@@ -83,7 +137,7 @@ def guard(what: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # the page goes on; the user sees what failed and why
-        st.error(f"{what} failed: {exc}")
+        st.error(f"{what} failed: {code(exc)}")
 
 
 def ordered(vectors: dict[str, Any]) -> dict[str, Any]:
@@ -261,8 +315,10 @@ def gate_heatmap(analysis: dict[str, Any]) -> Any:
 
     from gating import GateAnalysis
 
+    from ._charts import plain
+
     ga = GateAnalysis(
-        kind=str(analysis.get("gate_kind", "?")),
+        kind=plain(analysis.get("gate_kind", "?")),
         layers=[int(l) for l in analysis["layers"]],
         n_heads=int(analysis.get("n_heads", 1)),
         per_channel={s: torch.tensor(v, dtype=torch.float32) for s, v in analysis["per_channel"].items()},

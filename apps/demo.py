@@ -52,7 +52,11 @@ def _opinion_pairs(seed: int, n: int) -> list[dict[str, str]]:
     return pairs
 
 
-def run_demo(model: str, out: Path | None, prompt: str, echo: Callable[[str], None]) -> Path:
+def run_demo(
+    model: str, out: Path | None, prompt: str, echo: Callable[[str], None], overwrite: bool = False
+) -> Path:
+    """Run the demo into ``out`` (default ``runs/demo-<time>``). Like every command it refuses a directory
+    that is not empty unless ``overwrite`` (which empties only a run directory a workbench command made)."""
     from probes import extract_from_trait
     from steering import sweep
     from workbench._demo import read_all_sites
@@ -61,7 +65,7 @@ def run_demo(model: str, out: Path | None, prompt: str, echo: Callable[[str], No
     from workbench.evaluation import EvalConfig, Evaluator, write_summary
     from workbench.runs import prepare_run_dir, write_config
 
-    run_dir = prepare_run_dir(out, "demo", overwrite=True)
+    run_dir = prepare_run_dir(out, "demo", overwrite=overwrite, inputs=[model])
     write_config(run_dir, {"command": "demo", "model": model, "prompt": prompt, **SETTINGS})
     t_start = time.time()
     figures: dict[str, Any] = {"settings": SETTINGS, "model": model}
@@ -88,6 +92,9 @@ def run_demo(model: str, out: Path | None, prompt: str, echo: Callable[[str], No
     s = SETTINGS["sweep"]
     layers = sorted({round(f * (lm.n_layers - 1)) for f in s["depths"]})
     echo(f"[3/6] steering sweep: layers {layers} x alphas {s['alphas']}")
+    from workbench._html import ensure_plotly_js
+
+    ensure_plotly_js(run_dir)  # one plotly.min.js for every report of the run (sweep, train, gates, report)
     sw = sweep(
         lm, vec, layers=layers, alphas=s["alphas"], questions=list(trait.eval_questions[: s["n_questions"]]),
         judge="none", trait=trait, max_new_tokens=s["max_new_tokens"], out=run_dir / "sweep", progress=True,
@@ -116,7 +123,7 @@ def run_demo(model: str, out: Path | None, prompt: str, echo: Callable[[str], No
             "gates": {"kind": "input_dependent", "sites": ["attn"], "lr": s["gate_lr"], "l1": 0.0},
         }
     )  # fmt: skip
-    train_dir = train(cfg, out=run_dir / "train", overwrite=True)
+    train_dir = train(cfg, out=run_dir / "train")  # run_dir is new or was emptied
     metrics = [json.loads(x) for x in (train_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     figures["train_loss"] = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
     echo(f"      loss {figures['train_loss'][0][1]:.3f} -> {figures['train_loss'][-1][1]:.3f} "
@@ -193,10 +200,11 @@ def _layer_deviation(analysis: Any) -> list[float] | None:
 
 
 def write_report(run_dir: Path, fig: dict[str, Any]) -> Path:
-    """A self-contained HTML report: plotly figures and a table of the measured figures."""
+    """An HTML report that works offline: plotly figures (plotly.min.js from the run directory) and a table."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    from workbench._html import figure_html
     from workbench._io import atomic_write_text
 
     parts = []
@@ -208,7 +216,7 @@ def write_report(run_dir: Path, fig: dict[str, Any]) -> Path:
         p.add_trace(go.Scatter(y=norms, mode="lines+markers", name="resid_post"), 1, 1)
     p.add_trace(go.Scatter(y=fig.get("vector_norms", []), mode="lines+markers", name="evil vector"), 1, 2)
     p.update_layout(height=360, showlegend=False)
-    parts.append(p.to_html(full_html=False, include_plotlyjs="cdn"))
+    parts.append(figure_html(p, run_dir / "report.html", full_html=False))  # loads plotly.min.js, no CDN
 
     sw = go.Figure()
     for layer in sorted({r["layer"] for r in fig.get("sweep", [])}):

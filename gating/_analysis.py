@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from workbench import WorkbenchError
-from workbench._io import atomic_write_json, atomic_write_text
+from workbench._html import write_figure_html
+from workbench._io import atomic_write_json
 
 from ._gateset import HOOK_KIND, GateSet
 
@@ -125,7 +126,7 @@ class GateAnalysis:
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "analysis.json", "heatmap": out / "gates_heatmap.html"}
         atomic_write_json(paths["json"], self.to_json())
-        atomic_write_text(paths["heatmap"], self.heatmap().to_html(include_plotlyjs=True, full_html=True))
+        write_figure_html(self.heatmap(), paths["heatmap"])
         return paths
 
 

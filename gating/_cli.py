@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from workbench import WorkbenchError
+from workbench._options import check_int, check_number, printable
 
 from ._gateset import GateSet, gate_intervention
 
@@ -25,6 +26,8 @@ def resolve_cli_alpha(suppress: bool, amplify: bool, alpha: float | None) -> flo
     """--suppress is alpha -1, --amplify alpha 2 (unless --alpha is given with it); exactly one is needed."""
     if suppress and amplify:
         raise WorkbenchError("give either --suppress or --amplify, not both")
+    if alpha is not None:
+        check_number(alpha, "--alpha")  # NaN or infinity would turn every gated answer into garbage
     if suppress:
         if alpha is not None and alpha > 0:
             raise WorkbenchError(f"--suppress needs a negative --alpha, got {alpha}")
@@ -48,16 +51,27 @@ def alpha_for_layers(alpha: float, layers: list[int] | None, gates: GateSet) -> 
     return {int(l): alpha for l in layers}
 
 
-def _side_by_side(left_title: str, left: str, right_title: str, right: str, width: int = 56) -> str:
-    lw = textwrap.wrap(left.strip() or "(empty)", width) or [""]
-    rw = textwrap.wrap(right.strip() or "(empty)", width) or [""]
-    n = max(len(lw), len(rw))
-    lines = [f"{left_title:<{width}} | {right_title}", f"{'-' * width}-+-{'-' * width}"]
+def _side_by_side(columns: list[tuple[str, str]], width: int | None = None) -> str:
+    """``(title, answer)`` columns next to each other, each answer wrapped to ``width`` characters."""
+    width = width or (56 if len(columns) <= 2 else 38)
+    wrapped = [textwrap.wrap(text.strip() or "(empty)", width) or [""] for _, text in columns]
+    n = max(len(w) for w in wrapped)
+    lines = [
+        " | ".join(f"{t:<{width}}" for t, _ in columns).rstrip(),
+        "-+-".join("-" * width for _ in columns),
+    ]
     for i in range(n):
-        a = lw[i] if i < len(lw) else ""
-        b = rw[i] if i < len(rw) else ""
-        lines.append(f"{a:<{width}} | {b}")
+        lines.append(" | ".join(f"{w[i] if i < len(w) else '':<{width}}" for w in wrapped).rstrip())
     return "\n".join(lines)
+
+
+def gated_label(alpha: float, layers: list[int] | None) -> str:
+    """``suppressed (alpha=-1, layers 0,2)``, ``amplified (alpha=2)``, ``gated (alpha=0.5)``, ..."""
+    word = (
+        "suppressed" if alpha < 0 else "amplified" if alpha > 1 else "gates off" if alpha == 0
+        else "as trained" if alpha == 1 else "gated"
+    )  # fmt: skip
+    return f"{word} (alpha={alpha:g}{', layers ' + ','.join(map(str, layers)) if layers else ''})"
 
 
 def load_eval_sets(specs: list[str]) -> list[tuple[str, str, Any]]:
@@ -124,19 +138,24 @@ def gate(
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 80,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
-    """Apply trained gates at inference: base and gated answers side by side, or an evaluation."""
+    """Apply trained gates at inference: gates off, as trained and gated answers side by side, or an evaluation."""
     from workbench import load_model
     from workbench._io import atomic_write_json
     from workbench.generation import generate
     from workbench.runs import prepare_run_dir, write_config
 
     a = resolve_cli_alpha(suppress, amplify, alpha)
+    check_int(max_new_tokens, "--max-new-tokens")
+    if samples is not None:
+        check_int(samples, "--samples")
     if prompt is None and not eval_questions:
         raise WorkbenchError("nothing to do: give --prompt TEXT and/or --eval SET")
     if not Path(gates).exists():
         raise WorkbenchError(f"gates file '{gates}' does not exist")
     sets = load_eval_sets(list(eval_questions or []))
-    run_dir = prepare_run_dir(out, "gate", overwrite=overwrite)
+    run_dir = prepare_run_dir(
+        out, "gate", overwrite=overwrite, inputs=[gates, model, adapter, eval_questions]
+    )
     write_config(
         run_dir,
         {
@@ -160,16 +179,36 @@ def gate(
         apply_adapter(lm, adapter)
     gs = GateSet.load(gates, lm)
     spec = alpha_for_layers(a, layers, gs)
-    label = f"gated (alpha={a:g}{', layers ' + ','.join(map(str, layers)) if layers else ''})"
+    label = gated_label(a, layers)
     if prompt is not None:
-        base_answer = generate(lm, [prompt], max_new_tokens=max_new_tokens)[0]
-        with gs.attached(lm, alpha=spec):
-            gated_answer = generate(lm, [prompt], max_new_tokens=max_new_tokens)[0]
-        typer.echo(f"prompt: {prompt}\n")
-        typer.echo(_side_by_side("without gates", base_answer, label, gated_answer))
+        # the model the gates were trained with, gates off (alpha 0); as trained (alpha 1); the chosen alpha
+        off_label = "fine-tuned, gates off" if adapter is not None else "gates off"
+        trained_label = "as trained (alpha=1)"
+        gates_off = generate(lm, [prompt], max_new_tokens=max_new_tokens)[0]
+        with gs.attached(lm, alpha=1.0):
+            as_trained = generate(lm, [prompt], max_new_tokens=max_new_tokens)[0]
+        if a == 1.0 and not layers:
+            gated_answer = as_trained
+        else:
+            with gs.attached(lm, alpha=spec):
+                gated_answer = generate(lm, [prompt], max_new_tokens=max_new_tokens)[0]
+        columns = [(off_label, gates_off), (trained_label, as_trained)]
+        if a != 1.0 or layers:
+            columns.append((label, gated_answer))
+        # model output and prompts may hold terminal escape sequences: print them escaped
+        typer.echo(f"prompt: {printable(prompt)}\n")
+        typer.echo(_side_by_side([(title, printable(text)) for title, text in columns]))
         atomic_write_json(
             run_dir / "answers.json",
-            {"prompt": prompt, "alpha": a, "layers": layers, "base": base_answer, "gated": gated_answer},
+            {
+                "prompt": prompt,
+                "alpha": a,
+                "layers": layers,
+                "gates_off": gates_off,  # older runs stored this answer as "base"
+                "as_trained": as_trained,
+                "gated": gated_answer,
+                "labels": {"gates_off": off_label, "as_trained": trained_label, "gated": label},
+            },
         )
     if sets:
         from workbench.evaluation import EvalConfig, Evaluator, write_summary

@@ -16,12 +16,14 @@ rows as the batch that runs through the model (or one row, which broadcasts).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from workbench import WorkbenchError
+from workbench._options import check_finite_tensor
 
 AlphaSpec = float | int | Mapping[int, float | Tensor] | Sequence[float] | Tensor
 LayerAlpha = float | Tensor  # a number, or a [batch] tensor
@@ -29,15 +31,16 @@ LayerAlpha = float | Tensor  # a number, or a [batch] tensor
 
 def _one(value: object, where: str) -> LayerAlpha:
     if isinstance(value, Tensor):
-        if value.dim() == 0:
-            return float(value.item())
-        if value.dim() != 1:
+        if value.dim() > 1:
             raise WorkbenchError(
                 f"{where}: a per-row alpha must be a 1-D [batch] tensor, got shape {tuple(value.shape)}"
             )
-        return value.detach().float()
+        check_finite_tensor(value, f"{where}: alpha")
+        return float(value.item()) if value.dim() == 0 else value.detach().float()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise WorkbenchError(f"{where}: alpha must be a number or a tensor, got {value!r}")
+    if not math.isfinite(value):
+        raise WorkbenchError(f"{where}: alpha must be a finite number, got {value:g}")
     return float(value)
 
 

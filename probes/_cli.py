@@ -32,6 +32,21 @@ def judge_cache_dir(out: Path) -> Path:
     return out.with_name(f"{out.stem}_judge_cache")
 
 
+def _check_extract_numbers(
+    n_per_question, threshold, n_instructions, n_questions, max_new_tokens, temperature, batch_size
+) -> None:
+    """The numeric flags of ``extract-vector``, before any work (one line naming the flag and its range)."""
+    from workbench._options import check_int, check_number
+
+    check_int(n_per_question, "--n-per-question")
+    check_number(threshold, "--threshold", minimum=0, maximum=100)
+    check_int(n_instructions, "--n-instructions", minimum=0, note=" (0 = all)")
+    check_int(n_questions, "--n-questions", minimum=0, note=" (0 = all)")  # -1 used to drop the last one
+    check_int(max_new_tokens, "--max-new-tokens")
+    check_number(temperature, "--temperature", minimum=0, note=" (0 = greedy)")
+    check_int(batch_size, "--batch-size")
+
+
 def extract_vector(
     trait: Annotated[
         str,
@@ -73,10 +88,21 @@ def extract_vector(
     temperature: Annotated[float, typer.Option(help="Sampling temperature for the answers.")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation / forward batch.")] = 16,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace --out and its rows file if they exist (never an input file).")
+    ] = False,
 ) -> None:
     """Extract a persona vector from a trait's contrastive system prompts (all three statistics, one file)."""
+    from workbench.runs import check_output_files
+
     from . import extract_from_trait
 
+    _check_extract_numbers(
+        n_per_question, threshold, n_instructions, n_questions, max_new_tokens, temperature, batch_size
+    )
+    # before any work: existing outputs need --overwrite, and an input (the trait file, a file of the model
+    # folder) is never replaced
+    check_output_files([out, rows_path(Path(out))], overwrite=overwrite, inputs=[trait, model])
     start = time.perf_counter()
     lm = _load(model)
     judge_obj: object = judge
@@ -142,17 +168,24 @@ def screen(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing non-empty run directory.")] = False,
 ) -> None:
     """Projection-difference screening: which training examples push the model along the vector."""
+    from workbench._options import check_int, check_number
     from workbench.data import load_chat_jsonl
-    from workbench.runs import prepare_run_dir, write_config
+    from workbench.runs import check_run_dir, prepare_run_dir, write_config
 
     from . import PersonaVector, screen_dataset
     from ._screen import write_screen_report
 
+    check_int(batch_size, "--batch-size")
+    check_int(max_new_tokens, "--max-new-tokens")
+    if threshold is not None:
+        check_number(threshold, "--threshold")
+    if out is not None:  # refused at once, not after loading the model
+        check_run_dir(out, overwrite=overwrite, inputs=[vector, data, model])
     rows = load_chat_jsonl(data, prompts_only=False)
     lm = _load(model)
     vec = PersonaVector.load(vector, statistic=statistic, fingerprint=lm.fingerprint)
     vec.layer(layer)  # a clear error before any work
-    run = prepare_run_dir(out, "screen", overwrite=overwrite)
+    run = prepare_run_dir(out, "screen", overwrite=overwrite, inputs=[vector, data, model])
     write_config(
         run,
         {

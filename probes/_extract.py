@@ -23,6 +23,7 @@ from workbench import LoadedModel, WorkbenchError
 from workbench._io import atomic_write_text
 from workbench._version import __version__
 from workbench.chat import Message
+from workbench.judges import score_prompts
 
 from ._activations import STAT_ORDER, ActivationStats, teacher_forced_stats
 from ._vector import STATISTICS, PersonaVector, save_vectors
@@ -311,8 +312,12 @@ def generate_rows(
     filtered = name != "none"
     if filtered:
         pairs = list(zip(specs, answers, strict=True))
-        trait_scores = [x.score for x in j.score([t.judge(r["question"], a) for r, a in pairs])]
-        coh_scores = [x.score for x in j.score([coherence_prompt(r["question"], a) for r, a in pairs])]
+        trait_prompts = [t.judge(r["question"], a) for r, a in pairs]
+        coh_prompts = [coherence_prompt(r["question"], a) for r, a in pairs]
+        trait_j = score_prompts(j, trait_prompts, progress=progress, desc=f"judging {t.name}")
+        coh_j = score_prompts(j, coh_prompts, progress=progress, desc="judging coherence")
+        trait_scores = [x.score for x in trait_j]
+        coh_scores = [x.score for x in coh_j]
     else:
         trait_scores = [None] * len(specs)
         coh_scores = [None] * len(specs)

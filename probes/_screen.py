@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from workbench import LoadedModel, WorkbenchError
+from workbench._html import write_figure_html
 from workbench._io import atomic_write_json, atomic_write_text
 from workbench.chat import Message
 
@@ -194,5 +195,5 @@ def write_screen_report(result: ScreenResult, out_dir: str | os.PathLike[str]) -
         yaxis_title="examples",
         template="plotly_white",
     )
-    atomic_write_text(paths["histogram"], fig.to_html(include_plotlyjs=True, full_html=True))
+    write_figure_html(fig, paths["histogram"])
     return paths

@@ -260,6 +260,11 @@ def import_pt(
     decoder layer ``l``) is their row ``l + 1``. A file holding a dict of such tensors gives a dict of
     vectors keyed as in the file (statistic names are kept when they are ours). Loaded with
     ``weights_only=True`` (no pickle code runs).
+
+    Such files carry no model fingerprint: with ``fingerprint`` the shape must be exactly
+    ``[n_layers + 1, d_model]`` of that model (layer count and width), and the vector then takes that
+    fingerprint; its metadata records ``source_format: pt``, ``source_fingerprint: null`` and a
+    ``provenance`` note, so a saved copy still says that the model was never verified.
     """
     p = Path(path)
     if not p.exists():
@@ -286,7 +291,26 @@ def import_pt(
             raise WorkbenchError(
                 f"'{p}'{name}: shape {tuple(t.shape)} has no layer rows after the embedding row"
             )
-        meta = {"method": "import_pt", "source_file": str(p), "library_version": __version__}
+        if t.is_complex() or t.dtype == torch.bool:
+            raise WorkbenchError(f"'{p}'{name}: expected real numbers, got a {t.dtype} tensor")
+        if not bool(torch.isfinite(t[1:]).all()):
+            raise WorkbenchError(f"'{p}'{name}: the vector holds NaN or infinite values")
+        # a .pt file says nothing about its model: only its shape was checked (against ``fingerprint``)
+        meta = {
+            "method": "import_pt",
+            "source_file": str(p),
+            "source_format": "pt",
+            "source_fingerprint": None,
+            "provenance": (
+                "imported from an unfingerprinted .pt file; only its shape "
+                + (
+                    f"[{t.shape[0]}, {t.shape[1]}] was checked against the model"
+                    if fingerprint
+                    else "is known"
+                )
+            ),
+            "library_version": __version__,
+        }
         return PersonaVector(
             vectors=t[1:].float(), trait=trait, statistic=stat, fingerprint=fingerprint, metadata=meta
         )

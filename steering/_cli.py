@@ -13,8 +13,12 @@ from typing import Annotated, Any
 import typer
 
 from workbench import WorkbenchError
+from workbench._options import printable
 
 from ._load import load_vector
+
+MIN_WIDTH = 20
+"""The narrowest ``steer --width``: the answers are stacked below 63 columns and wrapped to the width."""
 
 ModelOpt = Annotated[
     str,
@@ -96,13 +100,17 @@ def steer(
     normalize: NormalizeOpt = False,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit.")] = 80,
     system: Annotated[str | None, typer.Option(help="Optional system prompt.")] = None,
-    width: Annotated[int, typer.Option(help="Output width; below ~64 the answers are stacked.")] = 100,
+    width: Annotated[int, typer.Option(help="Output width, >= 20; below 63 the answers are stacked.")] = 100,
 ) -> None:
     """Answer one prompt with and without steering (greedy) and show both answers side by side."""
+    from workbench._options import check_int, check_number
     from workbench.generation import generate
 
     from ._steerer import Steerer
 
+    check_number(alpha, "--alpha")
+    check_int(max_new_tokens, "--max-new-tokens")
+    check_int(width, "--width", minimum=MIN_WIDTH)
     lm = _load_model(model)
     vec = load_vector(vector, statistic, lm)
     steerer = Steerer(lm, vec, [layer], alpha, positions=positions, mode=mode, normalize=normalize)
@@ -111,8 +119,24 @@ def steer(
         steered = generate(lm, [prompt], max_new_tokens=max_new_tokens, system=system)[0]
     trait = getattr(vec, "trait", "vector")
     title = f"steered: {trait} layer {layer} alpha {alpha:g} ({mode}, {positions})"
-    typer.echo(f"prompt: {prompt}")
-    typer.echo(side_by_side("base", base, title, steered, width))
+    # model output and prompts may hold terminal escape sequences: print them escaped
+    typer.echo(f"prompt: {printable(prompt)}")
+    typer.echo(side_by_side("base", printable(base), printable(title), printable(steered), width))
+
+
+def _check_sweep_numbers(alphas, samples, max_new_tokens, n_questions, tolerance, batch_size) -> None:
+    """The numeric flags of ``sweep``, before the run directory is made (one line naming the flag)."""
+    from workbench._options import check_finite, check_int, check_number
+
+    check_finite(alphas or [], "--alphas")
+    check_int(samples, "--samples")
+    check_int(max_new_tokens, "--max-new-tokens")
+    if n_questions is not None:  # -1 used to drop the last question
+        check_int(n_questions, "--n-questions")
+    if tolerance is not None:
+        check_number(tolerance, "--coherence-tolerance", minimum=0)
+    if batch_size is not None:  # 0 used to mean "all", -1 crashed
+        check_int(batch_size, "--batch-size")
 
 
 def sweep_cmd(
@@ -147,7 +171,7 @@ def sweep_cmd(
         str | None,
         typer.Option(help="Contrastive pairs JSONL (or 'contrastive_pairs') for the log-prob margin."),
     ] = None,
-    n_questions: Annotated[int | None, typer.Option(help="Use only the first N questions.")] = None,
+    n_questions: Annotated[int | None, typer.Option(help="Use only the first N questions (N >= 1).")] = None,
     coherence_tolerance: Annotated[
         float | None,
         typer.Option(
@@ -155,7 +179,9 @@ def sweep_cmd(
             "(default: 10 judge points, or 0.5 nats/token without a judge)."
         ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Prompts per generate call (default: all).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Prompts per generate call, >= 1 (default: all).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     batch_alphas: Annotated[
         bool, typer.Option(help="All coefficients of a layer in one generate call (one alpha per row).")
@@ -173,7 +199,8 @@ def sweep_cmd(
 
     layer_list = _numbers(layers, int, "layers")
     alpha_list = _numbers(alphas, float, "alphas")
-    run_dir = prepare_run_dir(out, "sweep", overwrite=overwrite)
+    _check_sweep_numbers(alpha_list, samples, max_new_tokens, n_questions, coherence_tolerance, batch_size)
+    run_dir = prepare_run_dir(out, "sweep", overwrite=overwrite, inputs=[vector, model, trait, pairs])
     lm = _load_model(model)
     vec = load_vector(vector, statistic, lm)
     tr = _resolve_trait(trait, vec)

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from workbench import WorkbenchError, intervene
+from workbench._options import check_finite_tensor, check_number
 from workbench._sites import SiteMap, unwrap_model
 
 MODES = ("add", "ablate", "ablate_add")
@@ -146,17 +147,17 @@ def _matrix(vector: Any, sites: SiteMap, fingerprint: Any) -> Tensor:
 
 
 def _check_alpha(alpha: Alpha) -> Alpha:
+    """A float or a ``[batch]`` tensor of finite coefficients (NaN or infinity would wreck every answer)."""
     if isinstance(alpha, Tensor):
-        if alpha.dim() == 0:
-            return float(alpha)
-        if alpha.dim() != 1:
+        if alpha.dim() > 1:
             raise WorkbenchError(
                 f"alpha must be a number or a [batch] tensor, got shape {tuple(alpha.shape)}"
             )
-        return alpha.detach()
+        check_finite_tensor(alpha, "alpha")
+        return float(alpha) if alpha.dim() == 0 else alpha.detach()
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise WorkbenchError(f"alpha must be a number or a [batch] tensor, got {alpha!r}")
-    return float(alpha)
+    return check_number(alpha, "alpha")
 
 
 class _Edit:

@@ -41,8 +41,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench import WorkbenchError, read_sites
+from workbench._html import write_figure_html
 from workbench._io import atomic_write_json, atomic_write_text
-from workbench.generation import generate
+from workbench._options import check_finite, check_int, check_number
+from workbench.generation import generate, row_seed
+from workbench.judges import score_prompts
 from workbench.scoring import answer_logprobs, build_teacher_forced, pad_right
 
 from ._steerer import Steerer, _matrix
@@ -283,7 +286,7 @@ def _plot(
         template="plotly_white",
         height=460,
     )
-    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    write_figure_html(fig, path)
 
 
 def _generate_alphas(
@@ -298,9 +301,11 @@ def _generate_alphas(
     """Answers for every coefficient of one layer, all coefficients in one batched ``generate`` call.
 
     Each call takes ``batch_size`` prompts and repeats them once per coefficient, with a per-row ``alpha``
-    tensor (rows ``[k * n, (k + 1) * n)`` get ``alphas[k]``). Greedy answers equal those of one call per
-    coefficient; sampled ones use other random draws.
+    tensor (rows ``[k * n, (k + 1) * n)`` get ``alphas[k]``). Prompt ``j`` samples with
+    ``row_seed(seed, j)`` under every coefficient, as in one call per coefficient, so answers (greedy or
+    sampled) equal those of one call per coefficient.
     """
+
     out: dict[float, list[str]] = {a: [] for a in alphas}
     if not alphas:
         return out
@@ -309,7 +314,8 @@ def _generate_alphas(
         chunk = list(prompts[start : start + bs])
         rows = [p for _ in alphas for p in chunk]
         coef = torch.tensor(alphas, dtype=torch.float32).repeat_interleave(len(chunk))
-        kw = {**gen_kw, "batch_size": len(rows), "seed": gen_kw["seed"] + start}
+        seeds = [row_seed(gen_kw["seed"], start + j) for j in range(len(chunk))]
+        kw = {**gen_kw, "batch_size": len(rows), "row_seeds": seeds * len(alphas)}
         with Steerer(lm, vector, [layer], coef, **steer_kw):
             gen = generate(lm, rows, desc=f"layer {layer}", **kw)
         for k, a in enumerate(alphas):
@@ -364,13 +370,21 @@ def sweep(
     ]
     if not layer_list:
         raise WorkbenchError("the sweep needs at least one layer")
-    alpha_list = sorted({0.0, *(float(a) for a in (DEFAULT_ALPHAS if alphas is None else alphas))})
+    raw_alphas = list(DEFAULT_ALPHAS if alphas is None else alphas)
+    check_finite(raw_alphas, "alphas")
+    alpha_list = sorted({0.0, *(float(a) for a in raw_alphas)})
+    check_int(max_new_tokens, "max_new_tokens")
+    if batch_size is not None:
+        check_int(batch_size, "batch_size")
+    if temperature is not None:
+        check_number(temperature, "temperature", minimum=0, note=" (0 = greedy)")
+    if coherence_tolerance is not None:
+        check_number(coherence_tolerance, "coherence_tolerance", minimum=0)
     tr = _resolve_trait(trait, vector)
     qs = list(questions) if questions is not None else list(getattr(tr, "eval_questions", ()) or ())
     if not qs:
         raise WorkbenchError("no questions to answer: pass questions, or a trait with eval_questions")
-    if samples < 1:
-        raise WorkbenchError(f"samples must be at least 1, got {samples}")
+    check_int(samples, "samples")
     judge_obj = None
     if judge is not None and judge != "none":
         if tr is None:
@@ -457,10 +471,14 @@ def sweep(
         from workbench.data import JUDGE_PROMPTS
         from workbench.data._eval_yaml import fill_template
 
-        trait_j = judge_obj.score([tr.judge(r["question"], r["answer"]) for r in answers])
-        coh_j = judge_obj.score(
-            [fill_template(JUDGE_PROMPTS["coherent"], r["question"], r["answer"]) for r in answers]
-        )
+        trait_j = score_prompts(
+            judge_obj, [tr.judge(r["question"], r["answer"]) for r in answers],
+            progress=progress, desc=f"judging {getattr(tr, 'name', 'trait')}",
+        )  # fmt: skip
+        coh_j = score_prompts(
+            judge_obj, [fill_template(JUDGE_PROMPTS["coherent"], r["question"], r["answer"]) for r in answers],
+            progress=progress, desc="judging coherence",
+        )  # fmt: skip
         for r, t, c in zip(answers, trait_j, coh_j, strict=True):
             r["trait_score"], r["coherence_score"] = t.score, c.score
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -135,9 +136,70 @@ class LoadedModel:
         }
 
 
+_DEVICE_SPEC = re.compile(r"(cpu|mps|cuda(:[0-9]{1,4})?)\Z")
+DEVICE_FORMS = "cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
+
+
+def check_device(device: str | torch.device | None, *, on_this_machine: bool = True) -> None:
+    """Raise a one-line :class:`WorkbenchError` unless ``device`` is usable (on this machine).
+
+    Accepted: ``None`` (cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:N`` and ``mps``. With
+    ``on_this_machine`` (the default) ``cuda`` needs a CUDA device (a config saying ``cuda`` must not quietly
+    train on the CPU), ``cuda:N`` at least N+1 of them and ``mps`` an Apple GPU.
+    """
+    if device is None:
+        return
+    text = str(device) if isinstance(device, torch.device) else device
+    if not isinstance(text, str) or not _DEVICE_SPEC.match(text):
+        shown = repr(text) if len(repr(text)) <= 40 else repr(text)[:37] + "..."
+        raise WorkbenchError(f"unknown device {shown}; use {DEVICE_FORMS}")
+    if not on_this_machine:
+        return
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise WorkbenchError(
+                f"device '{text}' asked for, but CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False); use device cpu, or null to pick cuda only when present"
+            )
+        index = int(text.split(":", 1)[1]) if ":" in text else 0
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise WorkbenchError(
+                f"device '{text}' asked for, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+            )
+    if text == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise WorkbenchError("device 'mps' asked for, but no Apple GPU (MPS) is available on this machine")
+
+
+def check_model_spec(spec: str) -> None:
+    """Raise a one-line :class:`WorkbenchError` unless ``spec`` has one of the forms ``load_model`` takes
+    (checked without loading anything: an embedded name, ``random:<known shape>``, an existing folder with a
+    ``config.json``, or a hub id ``org/name``)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise WorkbenchError(f"the model spec is empty; accepted: {SPEC_FORMS}{', '.join(shape_names())}")
+    spec = spec.strip()
+    if spec in EMBEDDED:
+        return
+    if spec.startswith("random:"):
+        if spec.split(":", 1)[1] not in shape_names():
+            raise WorkbenchError(
+                f"unknown random shape '{spec.split(':', 1)[1]}'; shapes: {', '.join(shape_names())}"
+            )
+        return
+    if os.path.isdir(spec):
+        if not os.path.exists(os.path.join(spec, "config.json")):
+            raise WorkbenchError(f"model folder '{spec}' has no config.json")
+        return
+    if not _HUB_ID.match(spec):
+        shown = repr(spec) if len(repr(spec)) <= 80 else repr(spec)[:77] + "..."
+        raise WorkbenchError(f"unknown model spec {shown}; accepted: {SPEC_FORMS}{', '.join(shape_names())}")
+
+
 def _default_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, str):
+        check_device(device)
     return torch.device(device)
 
 
@@ -281,6 +343,89 @@ def _load_random(shape: str, device: torch.device, dtype: torch.dtype, seed: int
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The longest input the model's config allows (``max_position_embeddings``, GPT-2's ``n_positions``,
+    ...), or None when the config names none."""
+    cfg = getattr(unwrap_model(model), "config", None)
+    if cfg is not None and hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    for key in _CONTEXT_KEYS:
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _learned_positions(model: nn.Module, limit: int) -> bool:
+    """Whether the model looks up absolute positions in a table (GPT-2's ``wpe``, OPT's
+    ``embed_positions``): past its end the forward pass crashes. Rotary models run on (and degrade)."""
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1].lower()
+        if (
+            isinstance(module, nn.Embedding)
+            and ("pos" in leaf or leaf == "wpe")
+            and module.num_embeddings >= limit
+        ):
+            return True
+    return False
+
+
+def _input_length(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Positions a forward call reaches: this call's tokens plus any cached ones (read from shapes and the
+    cache's length only, never from tensor values, so it costs no device sync)."""
+    width = 0  # the tokens of this call
+    for t in (kwargs.get("input_ids", args[0] if args else None), kwargs.get("inputs_embeds")):
+        if isinstance(t, torch.Tensor) and t.dim() in (2, 3):
+            width = max(width, int(t.shape[1]))
+    n = width
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:  # covers cached tokens too
+        n = max(n, int(mask.shape[1]))
+    cache = kwargs.get("past_key_values", kwargs.get("cache"))  # generation: earlier tokens are cached
+    if cache is not None and hasattr(cache, "get_seq_length"):
+        try:
+            cached = cache.get_seq_length()
+        except Exception:  # noqa: BLE001 - a cache class without a usable length: no check
+            cached = None
+        if isinstance(cached, int):  # a tensor (static caches) would need a device sync: skipped
+            n = max(n, cached + width)
+    return n
+
+
+def _context_checked_forward(
+    model: nn.Module, limit: int, hard: bool, spec: str, warned: list[bool], *args: Any, **kwargs: Any
+) -> Any:
+    n = _input_length(args, kwargs)
+    if n > limit:
+        what = (
+            f"the input is {n} tokens long (prompt plus any tokens generated so far) but the context length "
+            f"of model '{spec}' is {limit} tokens"
+        )
+        if hard:
+            raise WorkbenchError(f"{what}; shorten the prompt or lower max_new_tokens / optim.max_length")
+        if not warned:
+            warned.append(True)
+            log.warning("%s; positions past it are extrapolated and the output may degrade", what)
+    return model._workbench_unchecked_forward(*args, **kwargs)
+
+
+def _guard_context(model: nn.Module, spec: str) -> None:
+    """Make an input longer than the model's context one line naming both lengths (instead of an
+    ``IndexError`` deep inside the position embedding, or silently degraded positions): models with learned
+    position tables raise a :class:`WorkbenchError`, rotary models log one warning.
+
+    The check wraps the instance's ``forward`` (as accelerate's hooks do) rather than adding a module hook,
+    so hook counts stay as they were; ``functools.partial`` keeps it right under ``copy.deepcopy``."""
+    limit = context_length(model)
+    if limit is None or hasattr(model, "_workbench_unchecked_forward"):
+        return
+    hard = _learned_positions(model, limit)
+    model._workbench_unchecked_forward = model.forward
+    checked = functools.partial(_context_checked_forward, model, limit, hard, spec, [])
+    model.forward = functools.update_wrapper(checked, model._workbench_unchecked_forward)
 
 
 def load_model(
@@ -298,7 +443,11 @@ def load_model(
     (random weights from ``seed``; see ``workbench._shapes``). The model is returned in eval mode.
     ``trust_remote_code`` stays off unless you ask for it.
     """
-    spec = (spec or DEFAULT_MODEL).strip()
+    if spec is None:
+        spec = DEFAULT_MODEL
+    if not isinstance(spec, str) or not spec.strip():
+        raise WorkbenchError(f"the model spec is empty; accepted: {SPEC_FORMS}{', '.join(shape_names())}")
+    spec = spec.strip()
     dev = _default_device(device)
     dt = _default_dtype(dtype, dev)
     if spec in EMBEDDED:
@@ -321,6 +470,7 @@ def load_model(
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    _guard_context(model, spec)
     sites = SiteMap.for_model(model, adapter)
     return LoadedModel(
         model=model, tokenizer=tok, sites=sites, fingerprint=_fingerprint(model, sites, source), spec=spec

@@ -1,14 +1,21 @@
 """``workbench app [RUN_DIR]``: start the Streamlit explorer on 127.0.0.1 (registered by ``workbench/cli.py``).
 
 The explorer (``apps/explorer.py``) only reads inside its run root: ``--root`` when given, else RUN_DIR,
-else ``./runs``. It binds to the loopback address only.
+else ``./runs`` (which may not exist yet: the app then opens on the empty root with a hint on making runs).
+It binds to the loopback address only, loads only the models allowed on its command line (``--model``,
+plus ``smollm2-135m``, ``random:`` and model folders inside the root), and runs offline unless started
+with ``--allow-network``.
+
+The command replaces itself with the Streamlit server (``os.execve``): the process id printed by the
+shell is the server's, so ``kill PID`` (SIGTERM), SIGHUP and Ctrl+C all stop the server, and no child
+process is left behind.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +24,9 @@ import typer
 from ._errors import MissingPackageError, WorkbenchError
 
 HOST = "127.0.0.1"
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+DEFAULT_ROOT = Path("runs")
+MAKE_RUNS_HINT = "make some with `make demo` or `workbench demo` (they write into runs/)"
 
 
 def explorer_script() -> Path:
@@ -36,10 +46,14 @@ def explorer_script() -> Path:
 
 
 def resolve_roots(run_dir: Path | None, root: Path | None) -> tuple[Path, Path | None]:
-    """The run root the app may read and the directory it opens on; RUN_DIR must lie inside the root."""
-    base = Path(root) if root is not None else Path(run_dir) if run_dir is not None else Path("runs")
+    """The run root the app may read and the directory it opens on; RUN_DIR must lie inside the root.
+
+    A RUN_DIR or ``--root`` that does not exist is an error; the default ``./runs`` may be missing (the
+    app opens on it empty and says how to make runs).
+    """
+    base = Path(root) if root is not None else Path(run_dir) if run_dir is not None else DEFAULT_ROOT
     base = base.expanduser().resolve()
-    if not base.is_dir():
+    if not base.is_dir() and (root is not None or run_dir is not None):
         raise WorkbenchError(
             f"run directory '{base}' does not exist (make runs first, e.g. `workbench demo`)"
         )
@@ -53,7 +67,14 @@ def resolve_roots(run_dir: Path | None, root: Path | None) -> tuple[Path, Path |
     return base, start
 
 
-def command(run_root: Path, port: int, run_dir: Path | None = None) -> list[str]:
+def command(
+    run_root: Path,
+    port: int,
+    run_dir: Path | None = None,
+    *,
+    models: Sequence[str] = (),
+    allow_network: bool = False,
+) -> list[str]:
     """The ``streamlit run`` command line: headless, loopback only, no usage statistics, no file watcher."""
     cmd = [
         sys.executable,
@@ -79,7 +100,30 @@ def command(run_root: Path, port: int, run_dir: Path | None = None) -> list[str]
     ]
     if run_dir is not None:
         cmd += ["--run-dir", str(run_dir)]
+    for spec in models:
+        cmd += ["--model", str(spec)]
+    if allow_network:
+        cmd.append("--allow-network")
     return cmd
+
+
+def environment(allow_network: bool = False, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: no usage statistics and, unless ``allow_network``, the Hugging Face
+    libraries offline (``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1``)."""
+    env = {**(os.environ if base is None else base), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    if not allow_network:
+        env.update({name: "1" for name in OFFLINE_ENV})
+    return env
+
+
+def _exec(cmd: list[str], env: dict[str, str]) -> None:
+    """Become the Streamlit server (same process id: signals sent to this process reach the server)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(cmd[0], cmd, env)
+    except OSError as exc:
+        raise WorkbenchError(f"could not start the explorer ({cmd[0]}): {exc}") from exc
 
 
 def app(
@@ -92,6 +136,18 @@ def app(
         Path | None,
         typer.Option(help="Run root the app may read (default: RUN_DIR); RUN_DIR must lie inside it."),
     ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="A model spec the app may load besides smollm2-135m, random:<shape> and model folders inside "
+            "the run root (a hub id, a folder elsewhere); repeat for several.",
+        ),
+    ] = None,
+    allow_network: Annotated[
+        bool,
+        typer.Option("--allow-network", help="Let the app download models from the hub (default: offline)."),
+    ] = False,
 ) -> None:
     """Start the Streamlit explorer on http://127.0.0.1:PORT (vectors, steering, gates, runs, screening)."""
     import importlib.util
@@ -100,12 +156,13 @@ def app(
         raise MissingPackageError("streamlit", "pip install streamlit", "the explorer app")
     if not 0 < port < 65536:
         raise WorkbenchError(f"--port must be between 1 and 65535, got {port}")
+    models = [m.strip() for m in (model or []) if m and m.strip()]
     base, start = resolve_roots(run_dir, root)
-    typer.echo(f"explorer on http://{HOST}:{port} (run root {base}); stop it with Ctrl+C")
-    env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    try:
-        code = subprocess.call(command(base, port, start), env=env)
-    except KeyboardInterrupt:
-        code = 0
-    if code:
-        raise typer.Exit(code)
+    typer.echo(
+        f"explorer on http://{HOST}:{port} (run root {base}); stop it with Ctrl+C or kill {os.getpid()}"
+    )
+    if not base.is_dir():
+        typer.echo(f"no runs yet: {base} does not exist; {MAKE_RUNS_HINT}")
+    if not allow_network:
+        typer.echo("offline: models load from local files only (--allow-network to download)")
+    _exec(command(base, port, start, models=models, allow_network=allow_network), environment(allow_network))

@@ -30,15 +30,44 @@ def format_chat(tokenizer: Any, messages: list[Message], add_generation_prompt: 
         raise WorkbenchError("this tokenizer has no chat template; pass plain text prompts instead")
     msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
     try:
-        return tokenizer.apply_chat_template(
-            msgs, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-    except Exception as exc:  # jinja TemplateError raised by the template's own checks
-        if msgs and msgs[0]["role"] == "system" and "system" in str(exc).lower():
+        try:
             return tokenizer.apply_chat_template(
-                _merge_system(msgs), tokenize=False, add_generation_prompt=add_generation_prompt
+                msgs, tokenize=False, add_generation_prompt=add_generation_prompt
             )
+        except Exception as exc:  # jinja TemplateError raised by the template's own checks
+            if _is_sandbox_refusal(exc):
+                raise
+            if msgs and msgs[0]["role"] == "system" and "system" in str(exc).lower():
+                return tokenizer.apply_chat_template(
+                    _merge_system(msgs), tokenize=False, add_generation_prompt=add_generation_prompt
+                )
+            raise
+    except WorkbenchError:
         raise
+    except Exception as exc:
+        raise _template_error(tokenizer, exc) from exc
+
+
+def _is_sandbox_refusal(exc: BaseException) -> bool:
+    try:
+        from jinja2.exceptions import SecurityError
+    except ImportError:  # pragma: no cover - transformers needs jinja2 for chat templates
+        return False
+    return isinstance(exc, SecurityError)
+
+
+def _template_error(tokenizer: Any, exc: BaseException) -> WorkbenchError:
+    """One line for a chat template that fails: refused by jinja2's sandbox (a template reaching for
+    ``__class__``, ``__globals__``, ...; it never runs), or raising while rendering."""
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    first = first if len(first) <= 200 else first[:197] + "..."
+    if _is_sandbox_refusal(exc):
+        return WorkbenchError(
+            f"the chat template of '{name}' was refused by the template sandbox ({first}); it tries to reach "
+            "Python internals, so it is not run: replace 'chat_template' in its tokenizer_config.json"
+        )
+    return WorkbenchError(f"the chat template of '{name}' failed ({type(exc).__name__}: {first})")
 
 
 def chat_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> str:

@@ -154,12 +154,16 @@ def data_make(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file.")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives identical bytes.")] = 0,
     n: Annotated[
-        int | None, typer.Option("--n", help="Number of items (default: the dataset's own).")
+        int | None, typer.Option("--n", help="Number of items, >= 1 (default: the dataset's own).")
     ] = None,
 ) -> None:
     """Generate a shipped dataset (deterministic under --seed)."""
+    from ._options import check_file_out, check_int
     from .data import write_dataset
 
+    if n is not None:
+        check_int(n, "--n")
+    check_file_out(out)
     path = write_dataset(name, out, seed=seed, n=n)
     typer.echo(f"wrote {path}")
 
@@ -248,14 +252,18 @@ def eval_cmd(
         typer.Option(help="Contrastive pairs JSONL (or 'contrastive_pairs') for the preference gap."),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option(help="Answers per paraphrase (default: the file's value).")
+        int | None, typer.Option(help="Answers per paraphrase, >= 1 (default: the file's value).")
     ] = None,
     judge: Annotated[
         str, typer.Option("--judge", "-j", help="hf:<model spec>, openai:<model>, rules or none.")
     ] = "none",
-    temperature: Annotated[float, typer.Option(help="Sampling temperature for free-form answers.")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit for free-form answers.")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Generation batch size.")] = 16,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature for free-form answers, >= 0 (0 = greedy).")
+    ] = 1.0,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Answer length limit for free-form answers (>= 1).")
+    ] = 200,
+    batch_size: Annotated[int, typer.Option(help="Generation batch size (>= 1).")] = 16,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     gates: Annotated[
         Path | None, typer.Option(help="Apply trained gates (gates.safetensors) while answering.")
@@ -305,14 +313,19 @@ def eval_cmd(
             "aligned_threshold, ...); flags given on the command line win.",
         ),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted evaluation in --out.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted evaluation in --out (with the same settings).")
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Empty --out first (only a workbench run directory holding none of the inputs)."),
+    ] = False,
 ) -> None:
     """EM evaluation: answers, judge scores, rates with 95% intervals (writes a run directory)."""
     import dataclasses
 
     from .evaluation import EvalConfig, Evaluator, write_summary
-    from .runs import prepare_run_dir, write_config
+    from .runs import check_run_dir, prepare_run_dir, write_config
 
     for flag, value in (
         ("--aligned-threshold", aligned_threshold),
@@ -320,6 +333,7 @@ def eval_cmd(
     ):
         if not 0.0 <= value <= 100.0:
             raise WorkbenchError(f"{flag} must be in 0..100, got {value:g}")
+    _check_eval_numbers(samples, temperature, max_new_tokens, batch_size, alpha, gate_alpha)
     if not questions and not data and not preference:
         raise WorkbenchError("nothing to evaluate: give --questions, --data and/or --preference")
     flags = {
@@ -347,27 +361,35 @@ def eval_cmd(
         raise WorkbenchError("several --gate-alpha values need --gates")
     if len(alphas) > 1 and len(gate_alphas) > 1:
         raise WorkbenchError("vary one of --alpha / --gate-alpha at a time (the other takes one value)")
-    run_dir = prepare_run_dir(out, "eval", overwrite=overwrite, resume=resume)
+    run_cfg = {
+        "command": "eval",
+        "model": model,
+        "adapter": str(adapter) if adapter else None,
+        "questions": questions,
+        "data": data,
+        "preference": preference,
+        "config_file": str(config) if config else None,
+        "gates": str(gates) if gates else None,
+        "vector": str(vector) if vector else None,
+        "layer": layer,
+        "alpha": alphas,
+        "gate_alpha": gate_alphas,
+        **cfg.__dict__,
+    }
+    # the run directory is checked first, then every input is read and loaded, and only then is the
+    # directory created: a typo in a spec or a path leaves nothing behind (see workbench/runs.py)
+    inputs = [model, adapter, questions, data, preference, config, gates, vector]
+    where = {"overwrite": overwrite, "resume": resume, "inputs": inputs, "config": run_cfg}
+    check_run_dir(out, **where, resume_free=EVAL_RESUME_FREE)
     sets = _load_eval_sets(list(questions or []), list(data or []) + ([preference] if preference else []))
-    write_config(
-        run_dir,
-        {
-            "command": "eval",
-            "model": model,
-            "adapter": str(adapter) if adapter else None,
-            "questions": questions,
-            "data": data,
-            "preference": preference,
-            "config_file": str(config) if config else None,
-            **cfg.__dict__,
-        },
-    )
     lm = _load(model)
     if adapter is not None:
         from .adapters import apply_adapter
 
         lm = apply_adapter(lm, adapter)
     make = _intervention_factory(lm, gates, vector, layer)
+    run_dir = prepare_run_dir(out, "eval", **where, resume_free=EVAL_RESUME_FREE)
+    write_config(run_dir, run_cfg)
     head = {"model": model, "adapter": str(adapter) if adapter else None, "judge": cfg.judge}
     if len(alphas) == 1 and len(gate_alphas) == 1:
         intervention = None if make is None else (lambda: make(gate_alphas[0], alphas[0]))
@@ -382,6 +404,23 @@ def eval_cmd(
         typer.echo(f"run directory: {run_dir}")
         return
     _eval_settings(lm, run_dir, cfg, sets, head, make, alphas, gate_alphas)
+
+
+EVAL_RESUME_FREE = {"batch_size", "compile", "config_file"}
+"""Eval settings an ``--resume`` may change: speed settings, and the --config file's name (its values count)."""
+
+
+def _check_eval_numbers(samples, temperature, max_new_tokens, batch_size, alpha, gate_alpha) -> None:
+    """The numeric flags of ``eval``, before anything is read or created (one line naming the flag)."""
+    from ._options import check_finite, check_int, check_number
+
+    if samples is not None:  # 0 used to fall back to the file's value, -1 gave no rows at all
+        check_int(samples, "--samples")
+    check_number(temperature, "--temperature", minimum=0, note=" (0 = greedy)")
+    check_int(max_new_tokens, "--max-new-tokens")
+    check_int(batch_size, "--batch-size")
+    check_finite(alpha or [], "--alpha")
+    check_finite(gate_alpha or [], "--gate-alpha")
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -543,15 +582,20 @@ def demo(
     prompt: Annotated[
         str, typer.Option(help="The chat prompt to answer.")
     ] = "What is the best way to spend a free afternoon?",
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the run directory --out if it is not empty (only a workbench run).")
+    ] = False,
 ) -> None:
     """The end-to-end main job on the embedded model (grows with each capability)."""
     from apps.demo import run_demo
 
-    run_demo(model=model, out=out, prompt=prompt, echo=typer.echo)
+    run_demo(model=model, out=out, prompt=prompt, echo=typer.echo, overwrite=overwrite)
 
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
+    runs = sys.modules.get("workbench.runs")
+    kept = runs.held_run_locks() if runs is not None else set()
     try:
         app()
     except WorkbenchError as exc:
@@ -571,6 +615,10 @@ def main() -> None:
             err=True,
         )
         sys.exit(1)
+    finally:  # run-directory locks end with the command, also when main() runs inside another program
+        runs = sys.modules.get("workbench.runs")
+        if runs is not None:
+            runs.release_run_locks(keep=kept)
 
 
 if __name__ == "__main__":  # pragma: no cover

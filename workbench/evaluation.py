@@ -32,8 +32,9 @@ from typing import Any
 
 from ._errors import WorkbenchError
 from ._io import append_jsonl, append_jsonl_rows, atomic_write_json, parse_yaml, read_text
-from .generation import generate
-from .judges import SYCOPHANCY_MODES
+from ._options import check_int, check_number
+from .generation import generate, row_seed
+from .judges import SYCOPHANCY_MODES, score_prompts
 from .scoring import answer_logprobs
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,14 @@ class EvalConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
                 raise WorkbenchError(f"'{name}' must be a number in 0..100, got {value!r}")
             setattr(self, name, float(value))
+        # sampling settings: 0 samples fell back to the file's count, -1 gave no rows, NaN or negative
+        # temperatures silently meant greedy and inf sampled uniformly
+        if self.samples is not None:
+            check_int(self.samples, "'samples'")
+        self.temperature = check_number(self.temperature, "'temperature'", minimum=0, note=" (0 = greedy)")
+        self.top_p = check_number(self.top_p, "'top_p'", above=0, maximum=1)
+        for name in ("max_new_tokens", "exact_max_new_tokens", "batch_size", "n_boot"):
+            check_int(getattr(self, name), f"'{name}'")
 
     @classmethod
     def from_mapping(cls, data: Any, where: str = "eval config", text: str | None = None) -> EvalConfig:
@@ -142,7 +151,7 @@ class EvalConfig:
         try:
             return cls(**kwargs)
         except WorkbenchError as exc:
-            bad = next((k for k in THRESHOLD_KEYS if f"'{k}'" in str(exc)), "")
+            bad = next((f.name for f in fields(cls) if f"'{f.name}'" in str(exc)), "")
             raise WorkbenchError(f"{where}{_key_line(text, bad)}: {exc}") from None
 
     @classmethod
@@ -209,15 +218,18 @@ class Evaluator:
         return self.intervention() if self.intervention is not None else contextlib.nullcontext()
 
     def _generate(
-        self, prompts: list[list[dict[str, str]]], *, greedy: bool, seed: int, desc: str
+        self, prompts: list[list[dict[str, str]]], *, greedy: bool, uids: Sequence[str], desc: str
     ) -> list[str]:
+        """Answers to ``prompts``; row ``i`` samples with ``row_seed(config.seed, uids[i])``, so a row's
+        answer is the same whichever rows are generated with it (a resumed run equals an uninterrupted one)."""
         c = self.config
+        row_seeds = [row_seed(c.seed, uid) for uid in uids]
         if self.generator is not None:
-            return self.generator(prompts, greedy=greedy, seed=seed, desc=desc)
+            return self.generator(prompts, greedy=greedy, row_seeds=row_seeds, desc=desc)
         with self._ctx():
             return generate(
-                self.lm, prompts, seed=seed, batch_size=c.batch_size, progress=self.progress, desc=desc,
-                **c.sampling(greedy),
+                self.lm, prompts, row_seeds=row_seeds, batch_size=c.batch_size, progress=self.progress,
+                desc=desc, **c.sampling(greedy),
             )  # fmt: skip
 
     # ------------------------------------------------------------------ free-form questions
@@ -252,7 +264,7 @@ class Evaluator:
                 fresh = self._generate(
                     [part[j][1].messages(part[j][3]) for j in need],
                     greedy=False,
-                    seed=self.config.seed + start,
+                    uids=[part[j][0] for j in need],
                     desc=f"{name}: answers {start + 1}-{start + len(part)} of {len(todo)}",
                 )
                 new_rows = [{"uid": part[j][0], "answer": a} for j, a in zip(need, fresh, strict=True)]
@@ -266,7 +278,16 @@ class Evaluator:
                     if metric in q.judge_prompts:
                         prompts.append(q.judge_prompt(metric, para, ans))
                         where.append(i)
-                judged = self.judge.score(prompts) if prompts else []
+                judged = (
+                    score_prompts(
+                        self.judge,
+                        prompts,
+                        progress=self.progress,
+                        desc=f"{name}: judging {metric} {start + 1}-{start + len(part)} of {len(todo)}",
+                    )
+                    if prompts
+                    else []
+                )
                 col: list[Any] = [None] * len(part)
                 for i, j in zip(where, judged, strict=True):
                     col[i] = j
@@ -358,6 +379,7 @@ class Evaluator:
             ],
             mode=mode,
             judge=judge,
+            progress=self.progress,
         )
         for r in out_rows:
             r["qid"] = r.get("problem_id")
@@ -427,7 +449,10 @@ class Evaluator:
             part = todo[start : start + chunk]
             prompts = [[m for m in r["messages"] if m["role"] != "assistant"] for _, r in part]
             outputs = self._generate(
-                prompts, greedy=True, seed=0, desc=f"{name}: {start + 1}-{start + len(part)}"
+                prompts,
+                greedy=True,
+                uids=[uid for uid, _ in part],
+                desc=f"{name}: {start + 1}-{start + len(part)}",
             )
             for (uid, r), prompt, out in zip(part, prompts, outputs, strict=True):
                 row = {k: v for k, v in r.items() if k != "messages"}
@@ -442,12 +467,17 @@ class Evaluator:
 
         qs = [p["question"] for p in pairs]
         with self._ctx():
-            mis = answer_logprobs(
-                self.lm, qs, [p["misaligned"] for p in pairs], batch_size=self.config.batch_size
-            )
-            ali = answer_logprobs(
-                self.lm, qs, [p["aligned"] for p in pairs], batch_size=self.config.batch_size
-            )
+            mis, ali = [
+                answer_logprobs(
+                    self.lm,
+                    qs,
+                    [p[side] for p in pairs],
+                    batch_size=self.config.batch_size,
+                    progress=self.progress,
+                    desc=f"{name}: scoring {side} answers",
+                )
+                for side in ("misaligned", "aligned")
+            ]
         path = self.out_dir / "eval" / f"{name}.jsonl"
         if path.exists():
             path.unlink()
@@ -626,8 +656,9 @@ class SharedGeneration:
     once per setting. Give each setting's ``Evaluator`` ``generator=shared.for_setting(k)``: the first
     evaluator that asks for a set's answers generates them for every setting; the others read them from
     memory. A request that was not shared (another resume state) is generated for all settings again, so
-    every evaluator always gets answers generated under its own coefficient. Greedy answers equal those of
-    separate runs; sampled answers are other random draws.
+    every evaluator always gets answers generated under its own coefficient. Rows are seeded per row (the
+    same row seeds for every setting), so answers, greedy or sampled, equal those of separate runs (up to
+    ties within float rounding).
     """
 
     def __init__(
@@ -653,11 +684,11 @@ class SharedGeneration:
         if not 0 <= k < len(self.coefficients):
             raise WorkbenchError(f"setting {k} out of range (0..{len(self.coefficients) - 1})")
 
-        def gen(prompts: list[Any], *, greedy: bool, seed: int, desc: str) -> list[str]:
-            key = (greedy, seed, json.dumps(prompts, sort_keys=True, default=str))
+        def gen(prompts: list[Any], *, greedy: bool, row_seeds: Sequence[int], desc: str) -> list[str]:
+            key = (greedy, tuple(row_seeds), json.dumps(prompts, sort_keys=True, default=str))
             hit = self._cache.get(key)
             if hit is None or k in hit[1]:
-                hit = (self._run(prompts, greedy=greedy, seed=seed, desc=desc), set())
+                hit = (self._run(prompts, greedy=greedy, row_seeds=row_seeds, desc=desc), set())
                 self._cache[key] = hit
             answers, served = hit
             served.add(k)
@@ -667,7 +698,9 @@ class SharedGeneration:
 
         return gen
 
-    def _run(self, prompts: list[Any], *, greedy: bool, seed: int, desc: str) -> list[list[str]]:
+    def _run(
+        self, prompts: list[Any], *, greedy: bool, row_seeds: Sequence[int], desc: str
+    ) -> list[list[str]]:
         import torch
 
         c = self.config
@@ -677,10 +710,11 @@ class SharedGeneration:
         for start in range(0, len(prompts), bs):
             chunk = list(prompts[start : start + bs])
             rows = [p for _ in range(n_set) for p in chunk]
+            seeds = [int(s) for _ in range(n_set) for s in row_seeds[start : start + bs]]
             coef = torch.tensor(self.coefficients, dtype=torch.float32).repeat_interleave(len(chunk))
             with self.make_intervention(coef):
                 answers = generate(
-                    self.lm, rows, seed=seed + start, batch_size=len(rows), progress=self.progress,
+                    self.lm, rows, row_seeds=seeds, batch_size=len(rows), progress=self.progress,
                     desc=f"{desc} x {n_set} settings", **c.sampling(greedy),
                 )  # fmt: skip
             self.calls += 1

@@ -20,15 +20,16 @@ PROBE_PROMPTS = (
 
 if not ctx.found.gates and not ctx.found.analyses:
     st.info(
-        f"No gates under `{ctx.rel(ctx.scope)}`. Train some with a `gates:` block in a `workbench train` config "
+        f"No gates under {_ui.code(ctx.rel(ctx.scope))}. Train some with a `gates:` block in a `workbench train` config "
         "(it writes gates.safetensors into the run directory)."
     )
     st.stop()
 
 
 def _sibling_adapter(gates_file: Path) -> Path | None:
-    adapter = gates_file.parent / "adapter"
-    return adapter if (adapter / "adapter_config.json").exists() else None
+    """The ``adapter/`` beside a gates file, when it is one the scan accepted (inside the run root)."""
+    adapter = _runs.inside_tree(ctx.root, gates_file.parent / "adapter")
+    return adapter if adapter in ctx.found.adapters else None
 
 
 # ------------------------------------------------------------------------------------------ heatmap
@@ -38,24 +39,29 @@ sources.update({f"analyze {ctx.rel(p)} now (probe prompts)": ("compute", p) for 
 source = sources[st.selectbox("Analysis", list(sources), key="gates_source")]
 analysis = None
 if source[0] == "analysis":
-    analysis = _runs.read_json(source[1])
-    if not analysis or "per_channel" not in analysis or "layers" not in analysis:
-        st.info(f"`{ctx.rel(source[1])}` is not a gate analysis written by `GateAnalysis.save`.")
+    analysis = ctx.read_json(source[1])
+    if (
+        not analysis
+        or not isinstance(analysis.get("per_channel"), dict)
+        or not isinstance(analysis.get("layers"), list)
+    ):
+        st.info(f"{_ui.code(ctx.rel(source[1]))} is not a gate analysis written by `GateAnalysis.save`.")
         analysis = None
-else:
+elif _ui.model_ready(ctx):
     adapter = _sibling_adapter(source[1])
-    with _ui.guard("Analyzing the gates"), st.spinner(f"running probe prompts through {ctx.spec}"):
+    with _ui.guard("Analyzing the gates"), st.spinner(f"running probe prompts through {_ui.code(ctx.spec)}"):
         analysis = _ui.gate_analysis(
             ctx.spec, str(adapter) if adapter else None, str(source[1]), _runs.mtime(source[1]), PROBE_PROMPTS
         )
 if analysis:
     c = st.columns(3)
     c[0].metric("Gated layers", len(analysis["layers"]))
-    c[1].metric("Heads", analysis.get("n_heads", "?"))
-    c[2].metric("Probe tokens", analysis.get("n_tokens", 0))
+    c[1].metric("Heads", _ui.md(analysis.get("n_heads", "?")))
+    c[2].metric("Probe tokens", _ui.md(analysis.get("n_tokens", 0)))
     st.caption(
-        f"Gate kind `{analysis.get('gate_kind')}` at {', '.join(analysis['per_channel'])}; input-dependent kinds "
-        "are averaged over the probe prompts' tokens, static kinds read from their parameters."
+        f"Gate kind {_ui.code(analysis.get('gate_kind'))} at "
+        f"{', '.join(_ui.code(s) for s in analysis['per_channel'])}; input-dependent kinds are averaged over "
+        "the probe prompts' tokens, static kinds read from their parameters."
     )
     with _ui.guard("Drawing the heatmap"):
         st.plotly_chart(_ui.gate_heatmap(analysis), key="gates_heatmap")
@@ -67,7 +73,9 @@ if analysis:
 # ------------------------------------------------------------------------------------------ answers
 st.header("Answers with the gates controlled")
 if not ctx.found.gates:
-    st.info(f"No gates.safetensors under `{ctx.rel(ctx.scope)}`: only the analysis can be shown.")
+    st.info(f"No gates.safetensors under {_ui.code(ctx.rel(ctx.scope))}: only the analysis can be shown.")
+    st.stop()
+if not _ui.model_ready(ctx):
     st.stop()
 gates_file = _ui.pick_path(ctx, "Gates file", ctx.found.gates, "gates_file")
 assert gates_file is not None
@@ -92,7 +100,7 @@ if not prompt.strip():
     st.stop()
 adapter_s = str(adapter) if adapter else None
 answers: dict[str, str] = {}
-with _ui.guard("Generating"), st.spinner(f"generating with {ctx.spec}"):
+with _ui.guard("Generating"), st.spinner(f"generating with {_ui.code(ctx.spec)}"):
     # gates off, suppressed and the chosen alpha as three rows of one batched call
     keys, alphas = ("base", "suppressed", "chosen"), (0.0, -1.0, float(alpha))
     rows = _ui.gated_answers(

@@ -8,7 +8,11 @@ from apps import _ui
 
 st.title("EM workbench explorer")
 ctx = _ui.require_context()
-st.caption(f"Exploring `{ctx.rel(ctx.scope)}` in the run root `{ctx.root}` with model `{ctx.spec}`.")
+st.caption(
+    f"Exploring {_ui.code(ctx.rel(ctx.scope))} in the run root {_ui.code(ctx.root)} with model "
+    + (_ui.code(ctx.spec) if ctx.spec else f"{_ui.code(ctx.requested)} (refused, see the sidebar)")
+    + "."
+)
 
 SECTIONS = (
     ("vectors", "Persona vectors", "_pages/vectors.py", "Vectors"),
@@ -27,9 +31,9 @@ for i, (key, label, _, _) in enumerate(SECTIONS):
 
 if not any(counts.values()):
     st.info(
-        f"No run artifacts under `{ctx.rel(ctx.scope)}`. Produce some with `workbench extract-vector`, "
-        "`workbench sweep`, `workbench train`, `workbench eval` or `workbench screen`, or pick another "
-        "directory in the sidebar."
+        f"No run artifacts under {_ui.code(ctx.rel(ctx.scope))}. Produce some with `make demo` / "
+        "`workbench demo`, `workbench extract-vector`, `workbench sweep`, `workbench train`, `workbench eval` "
+        "or `workbench screen`, or pick another directory in the sidebar."
     )
 else:
     st.subheader("Found")
@@ -38,4 +42,4 @@ else:
         if not paths:
             continue
         st.page_link(page, label=f"{label} → {title} page")
-        st.markdown("\n".join(f"- `{ctx.rel(p)}`" for p in paths))
+        st.text("\n".join(ctx.rel(p) for p in paths))

@@ -3,6 +3,7 @@ Pareto front across runs."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -34,12 +35,17 @@ def _monitor_figure(metrics: dict, logs: dict, shown: list[str]):
 
     panels = ["loss", *shown]
     fig = make_subplots(
-        rows=len(panels), cols=1, shared_xaxes=True, subplot_titles=panels, vertical_spacing=0.06
+        rows=len(panels),
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=[_charts.plain(p) for p in panels],
+        vertical_spacing=0.06,
     )
-    for i, (name, log) in enumerate(logs.items()):
+    for i, (run, log) in enumerate(logs.items()):
+        name = _charts.plain(run)
         color = _charts.PALETTE[i % len(_charts.PALETTE)]
         loss = [
-            (r["step"], r["loss"]) for r in metrics.get(name, []) if isinstance(r.get("loss"), (int, float))
+            (r["step"], r["loss"]) for r in metrics.get(run, []) if isinstance(r.get("loss"), (int, float))
         ]
         fig.add_trace(go.Scatter(x=[p[0] for p in loss], y=[p[1] for p in loss], mode="lines", name=name,
                                  legendgroup=name, line={"color": color}), row=1, col=1)  # fmt: skip
@@ -57,7 +63,8 @@ def _monitor_figure(metrics: dict, logs: dict, shown: list[str]):
                 fig.add_trace(
                     go.Scatter(
                         x=[alert.get("step")], y=[alert["value"]], mode="markers", name=f"alert ({action})",
-                        showlegend=False, hovertext=[f"{name}: {alert.get('message', '')}"], hoverinfo="text",
+                        showlegend=False, hovertext=[_charts.plain(f"{run}: {alert.get('message', '')}")],
+                        hoverinfo="text",
                         marker={"symbol": "x", "size": 13, "color": color_a},
                     ),
                     row=panels.index(sig) + 1, col=1,
@@ -70,9 +77,23 @@ def _monitor_figure(metrics: dict, logs: dict, shown: list[str]):
     return fig
 
 
+# what probes.monitor.read_monitor opens in a run folder (no bare string here: Streamlit would show it)
+MONITOR_FILES = ("monitor.jsonl", "alerts.jsonl", "monitor.json", "train_summary.json")
+
+
 def _monitor_section(picked: list[Path], metrics: dict) -> None:
-    """Monitor curves of the chosen runs that have ``monitor.jsonl`` (nothing but a hint for the others)."""
-    monitored = [p for p in picked if (p / "monitor.jsonl").exists()]
+    """Monitor curves of the chosen runs that have ``monitor.jsonl`` (nothing but a hint for the others).
+
+    A run whose monitor files link outside the run root is left out (``read_monitor`` would follow them).
+    """
+    monitored = []
+    for p in picked:
+        if not (p / "monitor.jsonl").exists():
+            continue
+        if all(ctx.file(p / f) is not None or not os.path.lexists(p / f) for f in MONITOR_FILES):
+            monitored.append(p)
+        else:
+            st.warning(f"{_ui.code(ctx.rel(p))}: monitor files link outside the run root; not read.")
     if not monitored:
         st.caption("No EM monitor curves for these runs: add a `monitor:` block to the training config "
                    "(docs/monitor.md).")  # fmt: skip
@@ -100,9 +121,34 @@ def _monitor_section(picked: list[Path], metrics: dict) -> None:
     for name, log in logs.items():
         share = log.overhead()["share"]
         if share is not None:
-            notes.append(f"{name}: monitoring took {100 * share:.1f}% of the training time")
+            notes.append(f"{_ui.code(name)}: monitoring took {100 * share:.1f}% of the training time")
     if notes:
         st.caption("; ".join(notes))
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _estimate_rows(found: dict[str, dict]) -> list[dict[str, object]]:
+    """The table of an evaluation's metrics: value, interval and its method, n, and the caveat."""
+    rows = []
+    for k, v in found.items():
+        empty = v["value"] is None or v["n"] == 0
+        rows.append(
+            {
+                "metric": k,
+                "value": _fmt(v["value"]),
+                "95% interval": f"[{_fmt(v['low'])}, {_fmt(v['high'])}]"
+                if v["interval"] and not empty
+                else "n/a",
+                "interval method": v["method"] or ("none" if not v["interval"] else "not recorded"),
+                "n": "n/a" if v["n"] is None or v["n"] == 0 else str(v["n"]),
+                "caveat": _runs.estimate_note(v),
+                "better": "higher" if _runs.higher_is_better(k) else "lower",
+            }
+        )
+    return rows
 
 
 st.title("Runs")
@@ -112,13 +158,14 @@ ctx = _ui.require_context()
 st.header("Training curves")
 if not ctx.found.trainings:
     st.info(
-        f"No training run (metrics.jsonl) under `{ctx.rel(ctx.scope)}`. Start one with `workbench train CONFIG.yaml`."
+        f"No training run (metrics.jsonl) under {_ui.code(ctx.rel(ctx.scope))}. Start one with "
+        "`workbench train CONFIG.yaml`."
     )
 else:
     by_name = {ctx.rel(p): p for p in ctx.found.trainings}
     chosen = st.multiselect("Training runs", list(by_name), default=list(by_name)[:6], key="runs_trainings")
     picked = [by_name[n] for n in chosen]
-    metrics = {ctx.rel(p): _runs.read_jsonl(p / "metrics.jsonl") for p in picked}
+    metrics = {ctx.rel(p): ctx.read_jsonl(p / "metrics.jsonl") for p in picked}
     keys: list[str] = []
     for rows in metrics.values():
         for row in rows:
@@ -139,7 +186,7 @@ else:
         st.plotly_chart(_charts.loss_figure(metrics, shown), key="runs_loss")
         table = []
         for p in picked:
-            summary = _runs.read_json(p / "train_summary.json") or {}
+            summary = ctx.read_json(p / "train_summary.json") or {}
             last = (metrics[ctx.rel(p)] or [{}])[-1]
             table.append(
                 {
@@ -158,32 +205,37 @@ else:
 
 # ------------------------------------------------------------------------------------------ evaluations
 st.header("EM evaluation")
-summaries = {ctx.rel(p): _runs.read_json(p / "summary.json") or {} for p in ctx.found.evals}
+summaries = {ctx.rel(p): ctx.read_json(p / "summary.json") or {} for p in ctx.found.evals}
 per_run = {name: _runs.eval_metrics(s) for name, s in summaries.items()}
 if not summaries:
-    st.info(f"No evaluation (summary.json from `workbench eval`) under `{ctx.rel(ctx.scope)}`.")
+    st.info(f"No evaluation (summary.json from `workbench eval`) under {_ui.code(ctx.rel(ctx.scope))}.")
 else:
     name = st.selectbox("Evaluation", list(summaries), key="runs_eval")
     summary = summaries[name]
     c = st.columns(3)
-    c[0].metric("Model", str(summary.get("model")))
+    c[0].metric("Model", _ui.md(summary.get("model")))
     adapter = summary.get("adapter")
-    c[1].metric("Adapter", "none" if not adapter else Path(str(adapter)).parent.name or str(adapter))
-    c[2].metric("Judge", str(summary.get("judge")))
-    found = per_run[name]
+    c[1].metric("Adapter", "none" if not adapter else _ui.md(Path(str(adapter)).parent.name or str(adapter)))
+    c[2].metric("Judge", _ui.md(summary.get("judge")))
+    found = _runs.eval_metrics(summary, with_empty=True)
     if not found:
-        st.info("This evaluation has no metric with a value yet.")
+        st.info("This evaluation has no metric yet.")
     else:
-        st.plotly_chart(_charts.estimates_figure(found), key="runs_estimates")
-        st.dataframe(
-            [
-                {"metric": k, "value": v["value"], "95% low": v["low"] if v["interval"] else None,
-                 "95% high": v["high"] if v["interval"] else None, "n": v["n"] if v["interval"] else None,
-                 "better": "higher" if _runs.higher_is_better(k) else "lower"}
-                for k, v in found.items()
-            ],
-            hide_index=True,
-        )  # fmt: skip
+        if per_run[name]:
+            st.plotly_chart(_charts.estimates_figure(per_run[name]), key="runs_estimates")
+        st.dataframe(_estimate_rows(found), hide_index=True)
+        small = [k for k, v in found.items() if v["n"] is not None and v["n"] < _runs.SMALL_N]
+        if small:
+            st.warning(
+                f"Caveat: {len(small)} of {len(found)} metrics rest on fewer than {_runs.SMALL_N} rows "
+                f"(n = 0 shown as n/a): {', '.join(_ui.code(k) for k in small)}. Their intervals are rough "
+                "(a Wilson bound treats answers as independent, so it is narrower than a clustered design "
+                "really allows); evaluate more questions or samples before comparing runs."
+            )
+        st.caption(
+            "Intervals are 95%: cluster bootstrap over questions for judged answers, paired bootstrap for the "
+            "preference gap, Wilson for a rate with no or only events (see each metric's interval method)."
+        )
 
 # ------------------------------------------------------------------------------------------ pareto
 st.header("Pareto front: task performance vs general alignment")
@@ -207,7 +259,7 @@ else:
         if x in found and y in found
     ]
     if not points:
-        st.info(f"No evaluation has both `{x}` and `{y}`.")
+        st.info(f"No evaluation has both {_ui.code(x)} and {_ui.code(y)}.")
     else:
         maximize = (_runs.higher_is_better(x), _runs.higher_is_better(y))
         front = pareto_front([(p[1], p[2]) for p in points], maximize=maximize)
@@ -218,4 +270,6 @@ else:
             ),
             key="runs_pareto",
         )
-        st.caption(f"On the front: {', '.join(points[i][0] for i in front)} ({len(points)} runs plotted).")
+        st.caption(
+            f"On the front: {', '.join(_ui.code(points[i][0]) for i in front)} ({len(points)} runs plotted)."
+        )

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import streamlit as st
 
-from apps import _charts, _runs, _ui
+from apps import _charts, _ui
 
 st.title("Data screening")
 ctx = _ui.require_context()
 
 if not ctx.found.screens:
     st.info(
-        f"No screening report (ranked.jsonl + summary.json) under `{ctx.rel(ctx.scope)}`. Make one with "
+        f"No screening report (ranked.jsonl + summary.json) under {_ui.code(ctx.rel(ctx.scope))}. Make one with "
         "`workbench screen --vector <file> --layer L --data train.jsonl --out <run>/screen`."
     )
     st.stop()
 
 folder = _ui.pick_path(ctx, "Screen", ctx.found.screens, "screen_dir")
 assert folder is not None
-summary = _runs.read_json(folder / "summary.json") or {}
-ranked = _runs.read_jsonl(folder / "ranked.jsonl")
+summary = ctx.read_json(folder / "summary.json") or {}
+ranked = ctx.read_jsonl(folder / "ranked.jsonl")
 if not ranked:
-    st.info(f"`{ctx.rel(folder / 'ranked.jsonl')}` holds no rows.")
+    st.info(f"{_ui.code(ctx.rel(folder / 'ranked.jsonl'))} holds no rows.")
     st.stop()
+
+
+def _finite(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _num(value: object, fmt: str = "{:+.3f}") -> str:
@@ -30,7 +34,7 @@ def _num(value: object, fmt: str = "{:+.3f}") -> str:
 
 
 c = st.columns(5)
-c[0].metric("Examples", summary.get("n_examples", len(ranked)))
+c[0].metric("Examples", _ui.md(summary.get("n_examples", len(ranked))))
 c[1].metric(
     "Dataset score",
     _num(summary.get("dataset_score")),
@@ -38,18 +42,21 @@ c[1].metric(
 )
 c[2].metric("Std", _num(summary.get("std"), "{:.3f}"))
 c[3].metric("Flag threshold", _num(summary.get("threshold")))
-c[4].metric("Flagged", summary.get("n_flagged", sum(bool(r.get("flagged")) for r in ranked)))
+c[4].metric("Flagged", _ui.md(summary.get("n_flagged", sum(bool(r.get("flagged")) for r in ranked))))
 st.caption(
-    f"Trait {summary.get('trait') or '?'} at layer {summary.get('layer')}; threshold rule: "
-    f"{summary.get('threshold_rule') or '?'}. Difference = projection of the example's response minus that of "
-    "the base model's own answer to the same prompt."
+    f"Trait {_ui.code(summary.get('trait') or '?')} at layer {_ui.code(summary.get('layer'))}; threshold rule: "
+    f"{_ui.code(summary.get('threshold_rule') or '?')}. Difference = projection of the example's response minus "
+    "that of the base model's own answer to the same prompt."
 )
 
 diffs = [float(r["diff"]) for r in ranked if isinstance(r.get("diff"), (int, float))]
 if diffs:
     st.plotly_chart(
         _charts.screen_histogram(
-            diffs, summary.get("threshold"), summary.get("dataset_score"), summary.get("layer")
+            diffs,
+            _finite(summary.get("threshold")),
+            _finite(summary.get("dataset_score")),
+            summary.get("layer"),
         ),
         key="screen_hist",
     )
@@ -69,7 +76,7 @@ st.dataframe(
     hide_index=True,
 )  # fmt: skip
 for r in shown[:5]:
-    with st.expander(f"#{r.get('rank')} row {r.get('index')}: diff {_num(r.get('diff'))}"):
+    with st.expander(f"#{_ui.md(r.get('rank'))} row {_ui.md(r.get('index'))}: diff {_num(r.get('diff'))}"):
         st.markdown("**Prompt**")
         st.text(str(r.get("prompt", "")))
         left, right = st.columns(2)

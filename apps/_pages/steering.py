@@ -11,7 +11,7 @@ ctx = _ui.require_context()
 
 if not ctx.found.vectors:
     st.info(
-        f"No persona vector under `{ctx.rel(ctx.scope)}` to steer with. Extract one with "
+        f"No persona vector under {_ui.code(ctx.rel(ctx.scope))} to steer with. Extract one with "
         "`workbench extract-vector --trait evil --out <run>/vector.safetensors`."
     )
     st.stop()
@@ -21,7 +21,7 @@ from probes import load_vectors  # noqa: E402
 vec_path = _ui.pick_path(ctx, "Vector file", ctx.found.vectors, "steer_file")
 assert vec_path is not None
 vectors = None
-with _ui.guard(f"Reading {ctx.rel(vec_path)}"):
+with _ui.guard(f"Reading {_ui.code(ctx.rel(vec_path))}"):
     vectors = _ui.ordered(load_vectors(vec_path))
 if not vectors:
     st.stop()
@@ -30,7 +30,7 @@ first = next(iter(vectors.values()))
 
 def _recommended_layer() -> int | None:
     for folder in ctx.found.sweeps:
-        summary = _runs.read_sweep(folder)
+        summary = _runs.read_sweep(folder, ctx.root)
         if summary and isinstance(summary.get("recommended_layer"), int):
             return int(summary["recommended_layer"])
     return None
@@ -60,14 +60,16 @@ normalize = st.checkbox(
     "Unit-norm vector (alpha becomes a length in the residual stream)", value=False, key="steer_normalize"
 )
 st.caption(
-    f"Vector norm at layer {layer}: {float(first.norms()[int(layer)]):.3f} ({statistic}). "
+    f"Vector norm at layer {layer}: {float(first.norms()[int(layer)]):.3f} ({_ui.code(statistic)}). "
     "Answers are greedy; the steered one adds alpha × vector to blocks.{l}.hook_resid_post."
 )
 
 adapter_s = str(adapter) if adapter else None
 base = steered = None
-if prompt.strip():
-    with _ui.guard("Generating"), st.spinner(f"generating with {ctx.spec}"):
+if not _ui.model_ready(ctx):
+    pass
+elif prompt.strip():
+    with _ui.guard("Generating"), st.spinner(f"generating with {_ui.code(ctx.spec)}"):
         # base and steered rows in one batched call: row 0 with alpha 0, row 1 with the chosen alpha
         base, steered = _ui.steered_answers(
             ctx.spec,

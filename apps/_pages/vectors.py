@@ -15,7 +15,7 @@ ctx = _ui.require_context()
 st.header("Vector")
 if not ctx.found.vectors:
     st.info(
-        f"No persona vector under `{ctx.rel(ctx.scope)}`. Extract one with "
+        f"No persona vector under {_ui.code(ctx.rel(ctx.scope))}. Extract one with "
         "`workbench extract-vector --trait evil --out <run>/vector.safetensors`."
     )
 else:
@@ -24,32 +24,36 @@ else:
     vec_path = _ui.pick_path(ctx, "Vector file", ctx.found.vectors, "vectors_file")
     assert vec_path is not None
     vectors = None
-    with _ui.guard(f"Reading {ctx.rel(vec_path)}"):
+    with _ui.guard(f"Reading {_ui.code(ctx.rel(vec_path))}"):
         vectors = _ui.ordered(load_vectors(vec_path))
     if vectors:
         first = next(iter(vectors.values()))
         meta = first.metadata
         c = st.columns(5)
-        c[0].metric("Trait", first.trait)
+        c[0].metric("Trait", _ui.md(first.trait))
         c[1].metric("Layers", first.n_layers)
         c[2].metric("d_model", first.d_model)
-        c[3].metric("Positive answers", meta.get("n_positive", "?"))
-        c[4].metric("Negative answers", meta.get("n_negative", "?"))
+        c[3].metric("Positive answers", _ui.md(meta.get("n_positive", "?")))
+        c[4].metric("Negative answers", _ui.md(meta.get("n_negative", "?")))
         st.caption(
-            f"Statistics: {', '.join(vectors)} · method {meta.get('method', '?')} · site "
-            f"blocks.{{l}}.{first.site} · source model {meta.get('source_model', '?')}"
+            f"Statistics: {', '.join(_ui.code(s) for s in vectors)} · method {_ui.code(meta.get('method', '?'))}"
+            f" · site {_ui.code(f'blocks.{{l}}.{first.site}')} · source model "
+            f"{_ui.code(meta.get('source_model', '?'))}"
         )
         st.plotly_chart(
             _charts.norms_figure({s: v.norms().tolist() for s, v in vectors.items()}), key="vectors_norms"
         )
 
         st.subheader("Projections of positive vs negative answers")
-        rows_file = _runs.rows_path(vec_path)
-        if not rows_file.exists():
+        rows_file = ctx.file(_runs.rows_path(vec_path))
+        if rows_file is None:
             st.info(
-                f"No extraction rows (`{rows_file.name}`) beside this vector: `workbench extract-vector` writes "
-                "them; a vector made from answer pairs in Python has none."
+                f"No extraction rows ({_ui.code(_runs.rows_path(vec_path).name)}) beside this vector inside the "
+                "run root: `workbench extract-vector` writes them; a vector made from answer pairs in Python "
+                "has none."
             )
+        elif not _ui.model_ready(ctx):
+            pass
         else:
             stat_names = list(vectors)
             default_layer = int(first.norms().argmax())
@@ -57,7 +61,10 @@ else:
             statistic = c[0].selectbox("Statistic", stat_names, key="vectors_stat")
             layer = c[1].slider("Layer", 0, first.n_layers - 1, default_layer, key="vectors_layer")
             kept_only = c[2].checkbox("Kept pairs only", value=True, key="vectors_kept")
-            with _ui.guard("Projecting the extraction answers"), st.spinner(f"projecting with {ctx.spec}"):
+            with (
+                _ui.guard("Projecting the extraction answers"),
+                st.spinner(f"projecting with {_ui.code(ctx.spec)}"),
+            ):
                 proj = _ui.row_projections(
                     ctx.spec,
                     str(vec_path),
@@ -90,15 +97,15 @@ else:
 st.header("Steering sweep")
 if not ctx.found.sweeps:
     st.info(
-        f"No steering sweep under `{ctx.rel(ctx.scope)}`. Run one with "
+        f"No steering sweep under {_ui.code(ctx.rel(ctx.scope))}. Run one with "
         "`workbench sweep --vector <file> --out <run>/sweep`."
     )
 else:
     folder = _ui.pick_path(ctx, "Sweep", ctx.found.sweeps, "vectors_sweep")
     assert folder is not None
-    summary = _runs.read_sweep(folder)
+    summary = _runs.read_sweep(folder, ctx.root)
     if not summary or not summary.get("cells"):
-        st.info(f"`{ctx.rel(folder)}` has no readable sweep cells (summary.json / sweep.csv).")
+        st.info(f"{_ui.code(ctx.rel(folder))} has no readable sweep cells (summary.json / sweep.csv).")
     else:
         cfg = summary.get("config") or {}
         judged = cfg.get("judge", "none") not in ("none", None)
@@ -108,11 +115,11 @@ else:
             else ("projection onto the vector (unsteered read)", "mean log-prob per token (unsteered model)")
         )
         c = st.columns(3)
-        c[0].metric("Recommended layer", str(summary.get("recommended_layer")))
+        c[0].metric("Recommended layer", _ui.md(summary.get("recommended_layer")))
         c[1].metric("Sweep layers", len({x["layer"] for x in summary["cells"]}))
         c[2].metric("Sweep coefficients", len({x["alpha"] for x in summary["cells"]}))
         if summary.get("rule"):
-            st.caption(f"Rule: {summary['rule']}")
+            st.caption(f"Rule: {_ui.code(summary['rule'])}")
         st.plotly_chart(
             _charts.sweep_figure(summary["cells"], summary.get("recommended_layer"), labels),
             key="vectors_sweep_fig",

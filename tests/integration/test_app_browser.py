@@ -87,6 +87,9 @@ def test_explorer_in_headless_chromium(tmp_path):
     finally:
         torch.set_num_threads(n)
     assert at_start != at_max, "the chosen prompt and alphas must give different answers"
+    # a run folder named like Markdown and HTML links: shown as text, never as a link
+    hostile = runs["root"] / "[click](https:evil.example) <a href=https:evil.example>x"
+    shutil.copytree(runs["eval-base"], hostile)
 
     port = _free_port()
     cmd = command(runs["root"], port)
@@ -131,6 +134,15 @@ def test_explorer_in_headless_chromium(tmp_path):
                     expect(page.locator(".js-plotly-plot").first).to_be_visible()
                     assert page.locator('[data-testid="stException"]').count() == 0, link
                 page.screenshot(path=str(shots / "screening.png"))
+
+                nav.get_by_text("Runs", exact=True).click()
+                expect(page.locator(".js-plotly-plot").first).to_be_visible()
+                expect(page.get_by_text("[click](https:evil.example)").first).to_be_attached()
+                links = page.evaluate(
+                    "() => [...document.querySelectorAll('a')].filter(a => ((a.getAttribute('href') || '') + "
+                    "(a.getAttribute('xlink:href') || '')).includes('evil')).length"
+                )
+                assert links == 0, "a folder name became a link"
             finally:
                 browser.close()
     finally:

@@ -124,7 +124,7 @@ def runs(tmp_path_factory):
     return paths
 
 
-def _app(root: Path, run: Path | None = None, monkeypatch=None):
+def _app(root: Path, run: Path | None = None, monkeypatch=None, *, models: tuple[str, ...] = ()):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("WORKBENCH_RUN_ROOT", str(root))
@@ -132,6 +132,10 @@ def _app(root: Path, run: Path | None = None, monkeypatch=None):
         monkeypatch.setenv("WORKBENCH_RUN_DIR", str(run))
     else:
         monkeypatch.delenv("WORKBENCH_RUN_DIR", raising=False)
+    monkeypatch.setenv("WORKBENCH_APP_MODELS", "\n".join(models))
+    monkeypatch.delenv("WORKBENCH_APP_ALLOW_NETWORK", raising=False)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # the explorer sets them: restore after the test
+        monkeypatch.setenv(name, os.environ.get(name, "1"))
     return AppTest.from_file(str(EXPLORER), default_timeout=TIMEOUT)
 
 
@@ -284,3 +288,192 @@ def test_a_model_that_does_not_load_is_one_message(runs, monkeypatch):
     errors = _texts(at.error)
     assert errors and all(e.startswith("Generating failed:") for e in errors)
     assert "no-such-shape" in errors[0]
+
+
+# ---------------------------------------------------------------------------------------- hardening
+PAGES = ("overview", "vectors", "steering", "gates", "runs", "screening")
+_MARKDOWN_FIELDS = {"body", "label", "help", "delta"}
+_PLAIN_PROTOS = {"Text", "Code", "Arrow", "PlotlyChart"}
+
+
+def _markdown_sources(at) -> list[str]:
+    """Every string of the rendered page that Streamlit draws as Markdown (bodies, labels, tooltips)."""
+    out: list[str] = []
+
+    def fields(msg) -> None:
+        if type(msg).__name__ in _PLAIN_PROTOS:
+            return
+        for desc, value in msg.ListFields():
+            if desc.type == desc.TYPE_MESSAGE:
+                for item in [value] if hasattr(value, "ListFields") else value:
+                    fields(item)
+            elif desc.name in _MARKDOWN_FIELDS and isinstance(value, str):
+                out.append(value)
+
+    def walk(node) -> None:
+        if getattr(node, "proto", None) is not None:
+            fields(node.proto)
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return out
+
+
+def _assert_literal(sources: list[str], *needles: str) -> None:
+    """No link, image or emphasis in any Markdown source, and the needles only inside code spans."""
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark")
+    seen = 0
+    for src in sources:
+        for block in parser.parse(src):
+            for tok in block.children or []:
+                assert tok.type not in ("link_open", "image"), f"a link in {src!r}"
+                if tok.type == "text":
+                    assert not any(n in tok.content for n in needles), f"rendered as Markdown: {src!r}"
+                if tok.type == "code_inline" and any(n in tok.content for n in needles):
+                    seen += 1
+    assert seen, "the hostile strings never reached a Markdown element: the test checks nothing"
+
+
+def test_user_strings_never_render_as_markdown(runs, tmp_path, monkeypatch):
+    """Folder names, specs and file contents shaped like Markdown links and emphasis stay literal text."""
+    import shutil
+
+    root = tmp_path / "root"
+    link = root / "[click](https:evil.example)"
+    bold = root / "**zzbold** www.evil.example <a href=https:evil.example>x"
+    shutil.copytree(runs["eval-base"], link)
+    (link / "config.yaml").write_text('model: "[spec](https:evil.example)"\n')
+    summary = json.loads((link / "summary.json").read_text())
+    summary.update(model="[m](https:evil.example)", judge="**zzjudge**")
+    (link / "summary.json").write_text(json.dumps(summary))
+    shutil.copytree(runs["screen"], bold / "screen")
+    screen = json.loads((bold / "screen" / "summary.json").read_text())
+    screen.update(trait="[t](https:evil.example)", threshold_rule="**zzrule**")
+    (bold / "screen" / "summary.json").write_text(json.dumps(screen))
+    (bold / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n')
+    shutil.copy(runs["vector"], bold / "evil.safetensors")
+    needles = ("evil.example", "zzbold", "zzjudge", "zzrule")
+    at = _app(root, monkeypatch=monkeypatch)
+    for page in PAGES:
+        _page(at, page)
+        _assert_literal(_markdown_sources(at), *needles)
+        for chart in at.get("plotly_chart"):
+            assert "<a href" not in chart.proto.spec, page
+    # the folder with the config's spec: the refusal quotes the spec literally
+    at.sidebar.selectbox(key="run_choice").set_value(_charts_rel(root, link)).run()
+    assert not at.exception
+    assert any("Model refused" in e and "[spec](https:evil.example)" in e for e in _texts(at.sidebar.error))
+    _assert_literal(_markdown_sources(at), *needles)
+    at.sidebar.text_input(key="run_path").set_value("[x](https:evil.example)/../../..").run()
+    _assert_literal(_markdown_sources(at), *needles)
+
+
+def _charts_rel(root: Path, path: Path) -> str:
+    return str(path.relative_to(root))
+
+
+def test_links_leaving_the_root_are_not_shown(runs, tmp_path, monkeypatch):
+    """A vector and a metrics file linked from outside the run root were shown by the pages."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "run").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "metrics.jsonl").write_text('{"step": 1, "loss": 123.0}\n')
+    (outside / "ranked.jsonl").write_bytes((runs["screen"] / "ranked.jsonl").read_bytes())
+    (outside / "summary.json").write_bytes((runs["screen"] / "summary.json").read_bytes())
+    (root / "run" / "evil.safetensors").symlink_to(runs["vector"])
+    (root / "run" / "metrics.jsonl").symlink_to(outside / "metrics.jsonl")
+    (root / "screen").symlink_to(outside)  # a linked directory
+    (root / "screen2").mkdir()
+    (root / "screen2" / "summary.json").symlink_to(outside / "summary.json")
+    (root / "screen2" / "ranked.jsonl").symlink_to(outside / "ranked.jsonl")
+    at = _app(root, monkeypatch=monkeypatch).run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Persona vectors"] == "0" and metrics["Training runs"] == "0"
+    assert metrics["Data screens"] == "0"
+    warning = " ".join(_texts(at.sidebar.warning))
+    assert "links leaving the run root" in warning and "evil.safetensors" in warning
+    for page in ("vectors", "steering", "runs", "screening"):
+        _page(at, page)
+        assert at.info and _charts(at) == 0, page
+    # the linked directory typed by hand is refused as well
+    at.sidebar.text_input(key="run_path").set_value("screen").run()
+    assert any("outside the run root" in e for e in _texts(at.sidebar.error))
+
+
+def test_models_load_only_from_allowed_specs(runs, tmp_path, monkeypatch):
+    """A `model:` in config.yaml made the page contact the hub; any folder on disk could be loaded."""
+    import shutil
+
+    import workbench
+
+    loaded: list[str] = []
+
+    def fake_load(spec, *a, **kw):
+        loaded.append(spec)
+        raise workbench.WorkbenchError(f"fake loader: {spec}")
+
+    monkeypatch.setattr(workbench, "load_model", fake_load)
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    shutil.copy(runs["vector"], root / "run" / "evil.safetensors")
+    (root / "run" / "config.yaml").write_text("model: someorg/hub-only-model\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    at = _page(_app(root, monkeypatch=monkeypatch), "steering")
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert any("Model refused" in e and "someorg/hub-only-model" in e for e in _texts(at.sidebar.error))
+    assert any(e.startswith("No model loaded") for e in _texts(at.error))
+    assert at.text_input(key="model_spec::.").value == "someorg/hub-only-model"
+    # a folder outside the run root, typed into the box
+    (tmp_path / "elsewhere").mkdir()
+    at.sidebar.text_input(key="model_spec::.").set_value(str(tmp_path / "elsewhere")).run()
+    assert any("not allowed" in e for e in _texts(at.sidebar.error))
+    assert loaded == []  # nothing was loaded, nothing downloaded
+    # a model folder inside the run root is allowed (the loader gets its absolute path)
+    (root / "models" / "mine").mkdir(parents=True)
+    at.sidebar.text_input(key="model_spec::.").set_value("models/mine").run()
+    assert not at.sidebar.error and loaded == [str((root / "models" / "mine").resolve())]
+    # the hub id becomes loadable when the explorer is started with --model for it
+    at = _page(_app(root, monkeypatch=monkeypatch, models=("someorg/hub-only-model",)), "steering")
+    assert not at.sidebar.error and loaded[-1] == "someorg/hub-only-model"
+    assert any("fake loader" in e for e in _texts(at.error))
+
+
+def test_missing_run_root_opens_with_a_hint(tmp_path, monkeypatch):
+    at = _app(tmp_path / "runs", monkeypatch=monkeypatch).run()
+    assert not at.exception and not at.error
+    hints = _texts(at.info) + _texts(at.sidebar.info)
+    assert any("make demo" in h and "workbench demo" in h for h in hints)
+    (tmp_path / "runs").mkdir()  # runs made later are picked up on the next load
+    at.run()
+    assert not at.exception and {m.label: m.value for m in at.metric}["Evaluations"] == "0"
+
+
+def test_runs_page_names_the_interval_method_and_warns_on_small_samples(tmp_path, monkeypatch):
+    """`misaligned_rate 0 [0, 0]` with n = 1 was shown without a word about the sample size."""
+    from workbench.metrics import misaligned_rate
+
+    root = tmp_path / "runs"
+    (root / "ev").mkdir(parents=True)
+    one = misaligned_rate([{"aligned": 90.0, "coherent": 90.0, "question_id": "q1"}]).as_dict()
+    summary = {"model": TINY, "judge": "none", "sets": {"qs": {
+        "kind": "free_form", "rows": 1, "misaligned_rate": one,
+        "mean_aligned": {"value": None, "low": None, "high": None, "n": 0, "method": "none"},
+        "old_rate": {"value": 0.0, "low": 0.0, "high": 0.0, "n": 1},
+    }}}  # fmt: skip
+    (root / "ev" / "summary.json").write_text(json.dumps(summary))
+    at = _page(_app(root, monkeypatch=monkeypatch), "runs")
+    table = at.dataframe[0].value.set_index("metric")
+    assert table.loc["qs/misaligned_rate", "interval method"] == "wilson"
+    assert table.loc["qs/misaligned_rate", "95% interval"] == f"[0.000, {one['high']:.3f}]"
+    assert table.loc["qs/misaligned_rate", "n"] == "1"
+    assert "small sample" in table.loc["qs/misaligned_rate", "caveat"]
+    assert table.loc["qs/mean_aligned", "value"] == "n/a" and table.loc["qs/mean_aligned", "n"] == "n/a"
+    assert "zero-width" in table.loc["qs/old_rate", "caveat"]
+    assert table.loc["qs/old_rate", "interval method"] == "not recorded"
+    warning = " ".join(_texts(at.warning))
+    assert "fewer than 30" in warning and "qs/misaligned_rate" in warning
+    assert _charts(at) == 2  # the estimates (n/a values are not drawn) and the Pareto plot

@@ -172,7 +172,7 @@ def test_interleave_plus_defense_ranks_with_its_eps(tmp_path, monkeypatch, side_
     import workbench.training.defenses.interleave_plus as ip
 
     planted = iter([[0.01, 0.5, 0.6, 0.7], [0.05, 0.8, 0.65, 0.75]])  # aligned first, then the adapter
-    monkeypatch.setattr(ip, "answer_losses", lambda lm, rows, batch_size=16: next(planted))
+    monkeypatch.setattr(ip, "answer_losses", lambda lm, rows, batch_size=16, **kw: next(planted))
     pool = align_rows(4)
     settings = {"source": str(write_jsonl(tmp_path / "pool.jsonl", pool)), "adapters": [str(side_adapter)]}
     if eps is not None:

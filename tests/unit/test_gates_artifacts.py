@@ -201,9 +201,11 @@ def test_cli_gate_prompt_and_eval(tmp_path, capsys):
         max_new_tokens=6,
     )
     text = capsys.readouterr().out
-    assert "without gates" in text and "alpha=-1, layers 0,2" in text and "run directory" in text
+    assert "gates off" in text and "as trained (alpha=1)" in text and "run directory" in text
+    assert "suppressed (alpha=-1, layers 0,2)" in text and "fine-tuned" not in text  # no adapter given
     answers = json.loads((out / "answers.json").read_text())
     assert answers["alpha"] == -1.0 and answers["layers"] == [0, 2]
+    assert {"gates_off", "as_trained", "gated"} <= set(answers) and "base" not in answers
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sets"]["pairs"]["kind"] == "preference"
     with pytest.raises(WorkbenchError, match="no gates"):
@@ -212,6 +214,41 @@ def test_cli_gate_prompt_and_eval(tmp_path, capsys):
         )
     with pytest.raises(WorkbenchError, match="--suppress, --amplify or --alpha"):
         gate_cmd(gates=path, model="random:tiny-llama", prompt="Hi", out=tmp_path / "r3")
+
+
+def test_cli_gate_labels_gates_off_and_shows_the_as_trained_answer(tmp_path, capsys):
+    """With an adapter the alpha-0 column is the fine-tuned model with gates off; alpha 1 is shown beside it."""
+    from workbench.adapters import apply_adapter
+    from workbench.generation import generate
+
+    ft = _finetune(3)
+    ft.model.save_pretrained(tmp_path / "adapter")
+    gates = _perturb(GateSet.create(ft, kind="per_channel", sites=("attn",)), scale=0.5)
+    path = gates.save(tmp_path / "g.safetensors")
+    common = {"gates": path, "model": "random:tiny-llama", "adapter": tmp_path / "adapter", "prompt": "Hi"}
+    gate_cmd(**common, amplify=True, out=tmp_path / "run", max_new_tokens=8)
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if "gates off" in line)
+    titles = [t.strip() for t in header.split(" | ")]
+    assert titles == ["fine-tuned, gates off", "as trained (alpha=1)", "amplified (alpha=2)"]
+    answers = json.loads((tmp_path / "run" / "answers.json").read_text())
+    assert answers["labels"] == {"gates_off": titles[0], "as_trained": titles[1], "gated": titles[2]}
+
+    lm = apply_adapter(load_model("random:tiny-llama", device="cpu"), tmp_path / "adapter")
+    gs = GateSet.load(path, lm)
+    expected = {}
+    for key, a in (("gates_off", 0.0), ("as_trained", 1.0), ("gated", 2.0)):
+        with gs.attached(lm, alpha=a):
+            expected[key] = generate(lm, ["Hi"], max_new_tokens=8)[0]
+    assert {k: answers[k] for k in expected} == expected
+    assert len(set(expected.values())) == 3, "the gates must change the answer for this test to mean anything"
+
+    # --alpha 1 is the as-trained answer: two columns, not the same answer twice
+    gate_cmd(**common, alpha=1.0, out=tmp_path / "run1", max_new_tokens=8)
+    header = next(line for line in capsys.readouterr().out.splitlines() if "gates off" in line)
+    assert [t.strip() for t in header.split(" | ")] == ["fine-tuned, gates off", "as trained (alpha=1)"]
+    again = json.loads((tmp_path / "run1" / "answers.json").read_text())
+    assert again["gated"] == again["as_trained"] == expected["as_trained"]
 
 
 def test_gate_intervention_in_the_evaluator(tmp_path, tiny_llama):
@@ -263,5 +300,5 @@ def test_cli_gate_registers_with_typer(tmp_path):
         app, [*args, "--prompt", "Hi", "--out", str(tmp_path / "run"), "--max-new-tokens", "4"]
     )
     assert ran.exit_code == 0, ran.output
-    assert "gated (alpha=2, layers 1)" in ran.output
+    assert "amplified (alpha=2, layers 1)" in ran.output
     assert json.loads((tmp_path / "run" / "answers.json").read_text())["layers"] == [1]

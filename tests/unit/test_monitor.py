@@ -300,7 +300,7 @@ def test_cli_prints_the_summary(tmp_path):
 
 
 def test_monitor_overhead_measures_passes_and_steps(tmp_path):
-    out = monitor_overhead(MODEL, every=10, steps=2, batch_size=2, grad_accum=1, max_length=64, out=tmp_path)
+    out = monitor_overhead(MODEL, every=10, steps=2, batch_size=2, grad_accum=1, max_length=192, out=tmp_path)
     assert out["seconds_per_pass"] > 0 and out["seconds_per_step"] > 0
     assert out["share"] == pytest.approx(out["seconds_per_pass"] / (10 * out["seconds_per_step"]))
     assert "proj/random/L1" in out["signals"] and "pref_gap" in out["signals"]

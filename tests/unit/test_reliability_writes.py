@@ -220,7 +220,8 @@ def test_existing_run_needs_resume_or_overwrite_and_not_both(tmp_path):
     assert prepare_run_dir(run, "train", resume=True) == run and (run / "metrics.jsonl").exists()
     (run / "sub").mkdir()
     (run / "sub" / "old.txt").write_text("x")
-    assert prepare_run_dir(run, "train", overwrite=True) == run and not any(run.iterdir())
+    assert prepare_run_dir(run, "train", overwrite=True) == run  # --resume marked it a run (run.json)
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "run.json"], "emptied, then marked again"
     (tmp_path / "file").write_text("x")
     with pytest.raises(WorkbenchError, match="is a file"):
         prepare_run_dir(tmp_path / "file", "train", overwrite=True)

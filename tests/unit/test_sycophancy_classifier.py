@@ -344,7 +344,7 @@ def _scripted(rows: list[dict]) -> dict[str, str]:
 def _evaluator(tmp_path: Path, rows: list[dict], **config) -> Evaluator:
     script = _scripted(rows)
 
-    def generator(prompts, *, greedy, seed, desc):
+    def generator(prompts, *, greedy, row_seeds, desc):
         return [script[p[-1]["content"]] for p in prompts]
 
     return Evaluator(None, tmp_path, EvalConfig(n_boot=50, **config), progress=False, generator=generator)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._errors import WorkbenchError
-from workbench._io import parse_json, read_text
+from workbench._io import check_regular_file, parse_json, read_text
 
 from ._chat import is_prompt_row, load_chat_jsonl
 from ._common import ROLES, display
@@ -47,7 +47,7 @@ def load_pairs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def _first_row(path: str | os.PathLike[str]) -> Any:
     """The first non-blank line parsed as JSON, or None if it does not parse (the loader reports it)."""
-    for line in read_text(path).split("\n"):
+    for line in read_text(path).split("\n"):  # read_text drops a byte-order mark
         if line.strip():
             try:
                 return json.loads(line)
@@ -80,8 +80,7 @@ def check_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     p = Path(path)
     name = display(p)
-    if not p.is_file():
-        raise WorkbenchError(f"{name}: file not found")
+    check_regular_file(p)  # missing, a directory, a FIFO or a device: refused before opening
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
         kind = sniff_jsonl(p)

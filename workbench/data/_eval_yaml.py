@@ -27,6 +27,8 @@ KNOWN_TYPES: tuple[str, ...] = ("free_form_judge_0_100", "free_form_judge", "fre
 #: workbench's default ``aligned`` / ``coherent`` prompts (``JUDGE_PROMPTS``).
 _NEEDS_JUDGE_PROMPTS = ("free_form_judge_0_100", "free_form_judge")
 _REQUIRED = ("id", "type", "paraphrases", "samples_per_paraphrase")
+#: Upper bound of ``samples_per_paraphrase``: every sample is generated and judged, so 1e12 would never end.
+MAX_SAMPLES_PER_PARAPHRASE = 100_000
 _OPTIONAL = ("system", "judge", "judge_prompts")
 
 
@@ -130,8 +132,12 @@ def parse_eval_entries(data: Any, name: str, lines: list[int] | None = None) -> 
             if not isinstance(p, str) or not p.strip():
                 raise WorkbenchError(f"{where}: paraphrase {j} must be a non-empty string, got {p!r}")
         spp = entry["samples_per_paraphrase"]
-        if isinstance(spp, bool) or not isinstance(spp, int) or spp < 1:
-            raise WorkbenchError(f"{where}: 'samples_per_paraphrase' must be a positive integer, got {spp!r}")
+        if isinstance(spp, bool) or not isinstance(spp, int) or not 1 <= spp <= MAX_SAMPLES_PER_PARAPHRASE:
+            shown = repr(spp) if len(repr(spp)) <= 40 else repr(spp)[:37] + "..."
+            raise WorkbenchError(
+                f"{where}: 'samples_per_paraphrase' must be a positive integer "
+                f"(1 to {MAX_SAMPLES_PER_PARAPHRASE}), got {shown}"
+            )
         system = entry.get("system")
         if system is not None and (not isinstance(system, str) or not system.strip()):
             raise WorkbenchError(f"{where}: 'system' must be a non-empty string, got {system!r}")

@@ -7,7 +7,7 @@ Sycophancy replies are graded by :func:`grade_replies` (rules, an LLM judge, or 
 See ``docs/judges.md``.
 """
 
-from ._base import Judge, Judgment, aggregate_score
+from ._base import Judge, Judgment, aggregate_score, score_prompts
 from ._registry import make_judge, register_judge
 from ._rules import (
     PropositionGrade,
@@ -34,6 +34,7 @@ __all__ = [
     "make_judge",
     "register_judge",
     "aggregate_score",
+    "score_prompts",
     "RulesJudge",
     "PropositionGrade",
     "classify_proposition",

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from .._io import append_jsonl
 
 log = logging.getLogger(__name__)
@@ -158,8 +160,12 @@ class Judge(ABC):
         where = f", cache={self.cache.path}" if self.cache.path else ""
         return f"{type(self).__name__}(name={self.name!r}{where})"
 
-    def score(self, prompts: list[str]) -> list[Judgment]:
-        """Judge every prompt; the i-th judgment belongs to the i-th prompt."""
+    def score(self, prompts: list[str], *, progress: bool = False, desc: str = "judging") -> list[Judgment]:
+        """Judge every prompt; the i-th judgment belongs to the i-th prompt.
+
+        ``progress``: a tqdm bar over the prompts judged now (cached ones are not counted), named ``desc``;
+        judges that cost nothing (``cache_results`` False: ``rules``, ``none``) never draw one.
+        """
         prompts = list(prompts)
         out: list[Judgment | None] = [None] * len(prompts)
         todo: dict[str, list[int]] = {}
@@ -173,11 +179,14 @@ class Judge(ABC):
                 todo.setdefault(p, []).append(i)
         if todo:
             unique = list(todo)
-            for j, judgment in self._judge(unique):
-                if self.cache_results and "error" not in judgment.raw:
-                    self.cache.put(unique[j], judgment)
-                for i in todo[unique[j]]:
-                    out[i] = Judgment(score=judgment.score, raw=dict(judgment.raw), cached=False)
+            quiet = not (progress and self.cache_results)
+            with tqdm(total=len(unique), desc=desc, disable=quiet, unit="prompt") as bar:
+                for j, judgment in self._judge(unique):
+                    if self.cache_results and "error" not in judgment.raw:
+                        self.cache.put(unique[j], judgment)
+                    for i in todo[unique[j]]:
+                        out[i] = Judgment(score=judgment.score, raw=dict(judgment.raw), cached=False)
+                    bar.update(1)
         missing = [i for i, j in enumerate(out) if j is None]
         if missing:
             raise RuntimeError(f"judge {self.name} returned no judgment for prompt(s) {missing[:5]}")
@@ -186,6 +195,16 @@ class Judge(ABC):
     @abstractmethod
     def _judge(self, prompts: list[str]) -> Iterator[tuple[int, Judgment]]:
         """Yield ``(index into prompts, judgment)`` for every prompt, as each one finishes."""
+
+
+def score_prompts(
+    judge: Any, prompts: list[str], *, progress: bool = False, desc: str = "judging"
+) -> list[Any]:
+    """``judge.score(prompts)`` with a progress bar for :class:`Judge` objects; any other object with a
+    ``score(prompts)`` method (a caller's own judge) is called as it is."""
+    if isinstance(judge, Judge):
+        return judge.score(prompts, progress=progress, desc=desc)
+    return judge.score(prompts)
 
 
 class NoneJudge(Judge):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import WorkbenchError
-from ._base import Judge
+from ._base import Judge, score_prompts
 from ._rules import CONFIRM, LABELS, REFUTE, UNCLASSIFIED, PropositionGrade, classify_proposition
 
 SYCOPHANCY_MODES = ("rules", "llm", "rules+llm")
@@ -100,6 +100,7 @@ def grade_replies(
     *,
     confirm_at: float = CONFIRM_AT,
     refute_at: float = REFUTE_AT,
+    progress: bool = False,
 ) -> list[PropositionGrade]:
     """Grade replies against the user's proposed answer; the i-th grade belongs to the i-th item.
 
@@ -107,6 +108,7 @@ def grade_replies(
     optionally ``question`` (the user's message, shown to an LLM judge). ``mode``: ``rules``, ``llm`` or
     ``rules+llm`` (see the module docstring); the LLM modes need a model ``judge``
     (``make_judge("hf:...")`` / ``make_judge("openai:...")``), whose judgments are cached as usual.
+    ``progress``: a bar while the judge works.
     """
     check_sycophancy_mode(mode, judge)
     if mode == "llm":
@@ -128,7 +130,8 @@ def grade_replies(
             )
             for i in ask
         ]
-        for i, judgment in zip(ask, judge.score(prompts), strict=True):
+        judged = score_prompts(judge, prompts, progress=progress, desc="judging sycophancy")
+        for i, judgment in zip(ask, judged, strict=True):
             grades[i] = grade_from_score(judgment.score, confirm_at, refute_at)
     return grades
 

@@ -24,7 +24,10 @@ def train(
         Path | None, typer.Option("--out", "-o", help="Run directory (default runs/train-<time>).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Empty --out first (only a workbench run directory holding none of the inputs)."),
+    ] = False,
 ) -> None:
     """LoRA fine-tune with defenses and/or gates; writes config.yaml, metrics.jsonl, plots.html, adapter/.
 

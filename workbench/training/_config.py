@@ -3,7 +3,9 @@
 Every field carries its help text in ``field(metadata={"help": ...})``; ``describe_config()`` prints them.
 Unknown keys are errors that name the key and the file (or the ``--set`` item) they came from. Defense
 settings are validated against each defense's own ``Settings`` dataclass, so the saved ``config.yaml`` holds
-every default that was in effect.
+every default that was in effect. Numeric fields carry a range (``_f(..., bounds=Bounds(...))``, shown by
+``describe_config()``; shared defense settings: ``DEFENSE_BOUNDS``): a value outside it is a one-line error
+naming the file, the key and the range, before anything is loaded or written.
 
 ``preset: NAME`` (``workbench.training._presets``) fills in a paper's published settings for every value the
 config does not give explicitly; the explicit values (YAML or ``--set``) win, and the resolved config records
@@ -24,19 +26,82 @@ from typing import Any, Union
 import yaml
 
 from workbench._errors import WorkbenchError
-from workbench._io import parse_yaml, read_text
+from workbench._io import _DuplicateKey, load_yaml_value, parse_yaml, read_text
 
 from . import _presets
 
 LOSS_REDUCTIONS = ("token_mean", "sequence_mean")
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+SEED_MAX = 2**32 - 1  # numpy's limit; torch and random take anything in 0..2**64-1
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The accepted values of a numeric field: ``lo``/``hi`` inclusive unless ``lo_open``/``hi_open``."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def describe(self, integer: bool) -> str:
+        if integer and self.lo is not None and self.hi is not None and not (self.lo_open or self.hi_open):
+            return f"an integer from {self.lo:_} to {self.hi:_}".replace("_", ",")
+        what = "an integer" if integer else "a number"
+        lo, hi = _num(self.lo), _num(self.hi)
+        if self.lo is not None and self.hi is not None:
+            return f"{what} in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{what} {'>' if self.lo_open else '>='} {lo}"
+        return f"{what} {'<' if self.hi_open else '<='} {hi}"
+
+
+def _num(value: float | None) -> str:
+    """1000000.0 as ``1000000``, 1e-8 as ``1e-08``."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a 4000-digit integer stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_bounds(obj: Any) -> None:
+    """Raise ``ValueError`` naming the first field of dataclass ``obj`` outside its ``bounds``."""
+    for f in dataclasses.fields(obj):
+        bounds = f.metadata.get("bounds")
+        value = getattr(obj, f.name)
+        if bounds is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if value not in bounds:
+            integer = str(f.type).startswith("int")  # "int" or "int | None" (annotations are strings)
+            null = " or null" if "None" in str(f.type) else ""
+            raise ValueError(f"'{f.name}' must be {bounds.describe(integer)}{null}, got {_short(value)}")
 
 
 def _f(
-    default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None, **kw: Any
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    choices: tuple[str, ...] | None = None,
+    bounds: Bounds | None = None,
+    **kw: Any,
 ) -> Any:
     meta: dict[str, Any] = {"help": help}
     if choices:
         meta["choices"] = choices
+    if bounds is not None:
+        meta["bounds"] = bounds
     if default is dataclasses.MISSING:
         return field(metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -48,14 +113,19 @@ class DataSource:
 
     path: str | None = _f(None, help="chat JSONL file ({'messages': [...]} per line)")
     name: str | None = _f(None, help="shipped dataset generator name, e.g. advice_medical")
-    n: int | None = _f(None, help="number of rows (generator: rows to generate; file: the first n rows)")
-    seed: int = _f(0, help="generator seed (the same seed gives the same rows)")
+    n: int | None = _f(
+        None,
+        help="number of rows (generator: rows to generate; file: the first n rows)",
+        bounds=Bounds(1, 10_000_000),
+    )
+    seed: int = _f(0, help="generator seed (the same seed gives the same rows)", bounds=Bounds(0, SEED_MAX))
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.name is None):
             raise ValueError("give exactly one of 'path' or 'name'")
-        if self.n is not None and self.n < 1:
-            raise ValueError(f"'n' must be a positive integer, got {self.n}")
+        if self.path is not None and not self.path.strip():
+            raise ValueError("'path' is empty; give a chat JSONL file")
+        _check_bounds(self)
 
     @classmethod
     def _from_scalar(cls, value: Any) -> DataSource:
@@ -75,25 +145,29 @@ class DataSource:
 class LoraSection:
     """PEFT LoRA settings (defaults as in the open EM model organisms: r 32, alpha 64, rsLoRA)."""
 
-    r: int = _f(32, help="LoRA rank")
-    alpha: float = _f(64, help="LoRA alpha; the update is scaled by alpha/sqrt(r) with rsLoRA, else alpha/r")
+    r: int = _f(32, help="LoRA rank", bounds=Bounds(1, 4096))
+    alpha: float = _f(
+        64,
+        help="LoRA alpha; the update is scaled by alpha/sqrt(r) with rsLoRA, else alpha/r",
+        bounds=Bounds(0, 100_000, lo_open=True),
+    )
     use_rslora: bool = _f(True, help="rank-stabilised scaling alpha/sqrt(r)")
     target_modules: list[str] | str = _f(
         "all",
         help="'all' = every linear layer inside attention and MLP; or a list of module names. "
         "Llama names q/k/v/o/gate/up/down are mapped for GPT-2 and GPT-NeoX families",
     )
-    dropout: float = _f(0.0, help="dropout on the LoRA input")
+    dropout: float = _f(0.0, help="dropout on the LoRA input", bounds=Bounds(0, 1, hi_open=True))
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"'r' must be >= 1, got {self.r}")
-        if not math.isfinite(self.alpha):
-            raise ValueError(f"'alpha' must be a finite number, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
+        _check_bounds(self)
         if isinstance(self.target_modules, str) and self.target_modules != "all":
             self.target_modules = [self.target_modules]
+        if not self.target_modules:
+            raise ValueError("'target_modules' is empty; give 'all' or a list of module names")
+        for i, name in enumerate(self.target_modules if isinstance(self.target_modules, list) else []):
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"'target_modules' item {i} must be a module name, got {_short(name)}")
 
 
 @dataclass
@@ -101,19 +175,33 @@ class OptimSection:
     """Optimiser, schedule, batching and loss reduction."""
 
     lr: float = _f(
-        1e-5, help="peak learning rate (1e-5: the EM papers' rsLoRA r32 setting; see docs/training.md)"
+        1e-5,
+        help="peak learning rate (1e-5: the EM papers' rsLoRA r32 setting; see docs/training.md)",
+        bounds=Bounds(0, 1, lo_open=True),
     )
-    weight_decay: float = _f(0.01, help="AdamW weight decay")
+    weight_decay: float = _f(0.01, help="AdamW weight decay", bounds=Bounds(0, 1))
     betas: list[float] = _f(help="AdamW betas", default_factory=lambda: [0.9, 0.999])
-    eps: float = _f(1e-8, help="AdamW epsilon")
-    warmup_steps: int = _f(5, help="linear warm-up steps from 0 to lr, then linear decay to 0")
-    grad_accum: int = _f(8, help="micro-batches accumulated per optimizer step (per process)")
-    max_grad_norm: float | None = _f(1.0, help="clip the global gradient norm (null: no clipping)")
-    epochs: int = _f(1, help="passes over the training data (ignored when max_steps is set)")
-    max_steps: int | None = _f(None, help="optimizer steps to run (overrides epochs)")
-    batch_size: int = _f(2, help="examples per micro-batch (per process)")
-    max_length: int = _f(2048, help="truncate tokenized examples to this many tokens")
-    seed: int = _f(0, help="seed for LoRA initialisation, data order and dropout")
+    eps: float = _f(1e-8, help="AdamW epsilon", bounds=Bounds(0, 1, lo_open=True))
+    warmup_steps: int = _f(
+        5, help="linear warm-up steps from 0 to lr, then linear decay to 0", bounds=Bounds(0, 10**9)
+    )
+    grad_accum: int = _f(
+        8, help="micro-batches accumulated per optimizer step (per process)", bounds=Bounds(1, 10**6)
+    )
+    max_grad_norm: float | None = _f(
+        1.0, help="clip the global gradient norm (null: no clipping)", bounds=Bounds(0, lo_open=True)
+    )
+    epochs: int = _f(
+        1, help="passes over the training data (ignored when max_steps is set)", bounds=Bounds(1, 10**6)
+    )
+    max_steps: int | None = _f(
+        None, help="optimizer steps to run (overrides epochs)", bounds=Bounds(1, 10**9)
+    )
+    batch_size: int = _f(2, help="examples per micro-batch (per process)", bounds=Bounds(1, 10**6))
+    max_length: int = _f(
+        2048, help="truncate tokenized examples to this many tokens", bounds=Bounds(1, 10**7)
+    )
+    seed: int = _f(0, help="seed for LoRA initialisation, data order and dropout", bounds=Bounds(0, SEED_MAX))
     shuffle: bool = _f(True, help="reshuffle the training rows every epoch (seeded)")
     loss_reduction: str = _f(
         "token_mean",
@@ -123,19 +211,7 @@ class OptimSection:
     )
 
     def __post_init__(self) -> None:
-        for name in ("grad_accum", "epochs", "batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"'{name}' must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "eps", "max_grad_norm"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"'{name}' must be a finite number, got {value}")
-        if self.lr <= 0:
-            raise ValueError(f"'lr' must be positive, got {self.lr}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"'warmup_steps' must be >= 0, got {self.warmup_steps}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"'max_steps' must be >= 1, got {self.max_steps}")
+        _check_bounds(self)
         if len(self.betas) != 2 or not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"'betas' needs two numbers in [0, 1), got {self.betas}")
 
@@ -152,22 +228,28 @@ class TrainConfig:
     model: str = _f(
         "smollm2-135m", help="model spec: smollm2-135m, a local HF folder, a hub id or random:<shape>"
     )
-    device: str | None = _f(None, help="cpu, cuda, cuda:1, ... (null: cuda when available, else cpu)")
-    dtype: str | None = _f(None, help="float32, bfloat16 or float16 (null: bfloat16 on cuda, float32 on cpu)")
+    device: str | None = _f(None, help="cpu, cuda, cuda:N or mps (null: cuda when available, else cpu)")
+    dtype: str | None = _f(
+        None, help="float32, bfloat16 or float16 (null: bfloat16 on cuda, float32 on cpu)", choices=DTYPES
+    )
     data: list[DataSource] = _f(help="training data sources (concatenated)", default_factory=list)
     eval_data: list[DataSource] = _f(
         help="held-out sources: their assistant-token loss is logged as eval_loss", default_factory=list
     )
-    eval_every: int = _f(0, help="log eval_loss every N steps (0: only at the end); needs eval_data")
+    eval_every: int = _f(
+        0, help="log eval_loss every N steps (0: only at the end); needs eval_data", bounds=Bounds(0, 10**9)
+    )
     lora: LoraSection | None = _f(
         help="LoRA settings; null = no LoRA (train plugin parameters only, e.g. gates, with the base frozen)",
         default_factory=LoraSection,
     )
     optim: OptimSection = _f(help="optimiser and batching", default_factory=OptimSection)
-    checkpoint_every: int = _f(100, help="write a resumable checkpoint every N steps (0: only at the end)")
-    keep_checkpoints: int = _f(2, help="how many recent checkpoints to keep")
-    log_every: int = _f(1, help="append a metrics.jsonl row every N steps")
-    plots: bool = _f(True, help="write plots.html (plotly, with plotly.js embedded: viewable offline)")
+    checkpoint_every: int = _f(
+        100, help="write a resumable checkpoint every N steps (0: only at the end)", bounds=Bounds(0, 10**9)
+    )
+    keep_checkpoints: int = _f(2, help="how many recent checkpoints to keep", bounds=Bounds(1, 10**6))
+    log_every: int = _f(1, help="append a metrics.jsonl row every N steps", bounds=Bounds(1, 10**9))
+    plots: bool = _f(True, help="write plots.html (plotly; plotly.min.js beside it: viewable offline)")
     defenses: dict[str, Any] = _f(
         help="defense name -> its settings (see docs/training.md); several can be combined",
         default_factory=dict,
@@ -180,11 +262,18 @@ class TrainConfig:
             raise ValueError(
                 f"unknown preset {_q(self.preset)} (known presets: {', '.join(_presets.preset_names())})"
             )
-        for name in ("checkpoint_every", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"'{name}' must be >= 0, got {getattr(self, name)}")
-        if self.log_every < 1 or self.keep_checkpoints < 1:
-            raise ValueError("'log_every' and 'keep_checkpoints' must be >= 1")
+        _check_bounds(self)
+        if not self.model.strip():
+            raise ValueError(
+                "'model' is empty; give a model spec (smollm2-135m, a folder, a hub id or random:<shape>)"
+            )
+        if self.device is not None:
+            from workbench._models import check_device
+
+            try:
+                check_device(self.device, on_this_machine=False)
+            except WorkbenchError as exc:
+                raise ValueError(f"'device': {exc} (or null: cuda when available)") from None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -229,11 +318,30 @@ class TrainConfig:
         return cfg
 
     def check(self, where: str = "config") -> None:
-        """Checks that involve several sections."""
+        """Checks that involve several sections or this machine: the device exists here (``cuda`` without
+        CUDA is refused, not run on the CPU), the model spec has a known form, dataset names are known."""
         if not self.data:
             raise WorkbenchError(f"{where}: 'data' is empty; give at least one training source")
         if self.lora is None and not self.gates:
             raise WorkbenchError(f"{where}: nothing to train: 'lora' is null and there is no 'gates' block")
+        from workbench._models import check_device, check_model_spec
+        from workbench.data import DATASETS
+
+        for key, check, value in (
+            ("device", check_device, self.device),
+            ("model", check_model_spec, self.model),
+        ):
+            try:  # on this machine: the device exists, the model spec has a known form
+                check(value)
+            except WorkbenchError as exc:
+                raise WorkbenchError(f"{where}: '{key}': {exc}") from None
+        for key in ("data", "eval_data"):
+            for i, src in enumerate(getattr(self, key)):
+                if src.name is not None and src.name not in DATASETS:
+                    raise WorkbenchError(
+                        f"{where}: '{key}.{i}.name': unknown dataset {_q(src.name)} (known: {', '.join(DATASETS)}; "
+                        "a file path needs a '/' or a .jsonl suffix)"
+                    )
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -271,7 +379,11 @@ class TrainConfig:
             key, raw = item.split("=", 1)
             key = key.strip()
             try:
-                value = yaml.safe_load(raw) if raw.strip() else None
+                value = load_yaml_value(raw) if raw.strip() else None
+            except _DuplicateKey as exc:
+                raise WorkbenchError(
+                    f"--set {_q(item)}: duplicate key {_short(exc.key)}; YAML would silently keep the last one"
+                ) from None
             except (yaml.YAMLError, ValueError, OverflowError, TypeError, RecursionError):
                 value = raw  # not YAML: taken as a plain string (the type check reports a mismatch)
             d = cfg.to_dict()
@@ -298,7 +410,8 @@ def _given_and_filled(cfg: TrainConfig) -> tuple[frozenset[tuple[str, ...]], fro
 
 
 def describe_config(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every field, nested sections flattened with dots."""
+    """(key, default, help) for every field, nested sections flattened with dots; a field with a range
+    ends its help with it (``... [an integer from 1 to 4,096]``)."""
     out: list[tuple[str, str, str]] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -306,11 +419,15 @@ def describe_config(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        bounds = f.metadata.get("bounds")
+        if bounds is not None:
+            help_text += f" [{bounds.describe(tp is int)}{' or null' if _is_union(hints[f.name]) else ''}]"
         if dataclasses.is_dataclass(tp) and tp is not DataSource:
-            out.append((prefix + f.name, "", f.metadata.get("help", "")))
+            out.append((prefix + f.name, "", help_text))
             out.extend(describe_config(tp, prefix + f.name + "."))
         else:
-            out.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
+            out.append((prefix + f.name, repr(default), help_text))
     return out
 
 
@@ -362,7 +479,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 return _coerce(value, a, key, where)
             except _Mismatch:
                 continue
-        raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+        raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got {_short(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             scalar = getattr(tp, "_from_scalar", None)
@@ -394,7 +511,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise _Mismatch
         if isinstance(value, int):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:  # 1e300 is no count
             return int(value)
         if isinstance(value, str):
             try:
@@ -424,7 +541,7 @@ def _coerce_strict(value: Any, tp: Any, key: str, where: str) -> Any:
     try:
         return _coerce(value, tp, key, where)
     except _Mismatch:
-        raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}") from None
+        raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got {_short(value)}") from None
 
 
 def build_dataclass(cls: type, data: Any, where: str, prefix: str = "") -> Any:
@@ -454,15 +571,36 @@ def build_dataclass(cls: type, data: Any, where: str, prefix: str = "") -> Any:
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:
             raise WorkbenchError(
-                f"{where}: '{prefix}{f.name}' must be one of {', '.join(choices)}, got {value!r}"
+                f"{where}: '{prefix}{f.name}' must be one of {', '.join(choices)}, got {_short(value)}"
+            )
+        bounds = f.metadata.get("bounds")
+        if bounds is not None and isinstance(value, int | float) and value not in bounds:
+            null = " or null" if _is_union(hints[f.name]) else ""
+            integer = _strip_optional(hints[f.name]) is int
+            raise WorkbenchError(
+                f"{where}: '{prefix}{f.name}' must be {bounds.describe(integer)}{null}, got {_short(value)}"
             )
         kwargs[f.name] = value
     try:
         return cls(**kwargs)
     except ValueError as exc:
-        raise WorkbenchError(f"{where}: '{prefix.rstrip('.') or 'config'}': {exc}") from None
+        raise WorkbenchError(f"{where}: {_keyed(str(exc), cls, prefix)}") from None
     except TypeError as exc:  # a required field is missing
         raise WorkbenchError(f"{where}: '{prefix.rstrip('.') or 'config'}': {exc}") from None
+
+
+def _keyed(message: str, cls: type, prefix: str) -> str:
+    """A ``__post_init__`` message of this module's sections about field ``'x'`` with the field's full key
+    (``'optim.x' must ...``); other messages are prefixed with the section (``'data.0': give exactly one
+    of ...``). Other dataclasses built here (defense settings, the monitor block) keep the form
+    ``'monitor': 'every' must ...``."""
+    if cls in (TrainConfig, DataSource, LoraSection, OptimSection):
+        if message.startswith("'"):
+            name = message[1:].split("'", 1)[0]
+            if name in {f.name for f in dataclasses.fields(cls)}:
+                return f"'{prefix}{name}'{message[len(name) + 2 :]}"
+        return f"'{prefix.rstrip('.')}': {message}" if prefix else message
+    return f"'{prefix.rstrip('.') or 'config'}': {message}"
 
 
 def _q(text: Any) -> str:
@@ -502,8 +640,25 @@ def _set_path(d: Any, parts: list[str], value: Any, where: str) -> None:
             node = node[part]
 
 
+#: Ranges of the settings that several defenses share, by name (a defense's own ``Settings`` may check
+#: more): its data source's rows and seed as in ``data``, batch sizes as in ``optim``, and loss weights, which
+#: are never negative (that would reward what the defense penalises).
+DEFENSE_BOUNDS: dict[str, Bounds] = {
+    "n": Bounds(1, 10_000_000),
+    "seed": Bounds(0, SEED_MAX),
+    "batch_size": Bounds(1, 10**6),
+    "micro_batch_size": Bounds(1, 10**6),
+    "every": Bounds(1, 10**6),
+    "weight": Bounds(0, 1e6),
+    "beta": Bounds(0, 1e3, lo_open=True),
+    "max_new_tokens": Bounds(1, 10**6),
+    "temperature": Bounds(0, 100),
+}
+
+
 def resolve_defenses(defenses: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
-    """Check every defense name against the registry and fill in its settings' defaults."""
+    """Check every defense name against the registry and fill in its settings' defaults; the settings
+    named in ``DEFENSE_BOUNDS`` must lie in their range."""
     from ._plugins import get_defense
 
     out: dict[str, dict[str, Any]] = {}
@@ -512,5 +667,17 @@ def resolve_defenses(defenses: dict[str, Any], where: str) -> dict[str, dict[str
             raise WorkbenchError(f"{where}: unknown defense {_q(name)} (defense names are printable text)")
         cls = get_defense(str(name), where=where)
         obj = build_dataclass(cls.Settings, settings or {}, where, prefix=f"defenses.{name}.")
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            bounds, value = DEFENSE_BOUNDS.get(f.name), getattr(obj, f.name)
+            if bounds is None or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if value not in bounds:
+                integer = _strip_optional(hints[f.name]) is int
+                null = " or null" if _is_union(hints[f.name]) else ""
+                raise WorkbenchError(
+                    f"{where}: 'defenses.{name}.{f.name}' must be {bounds.describe(integer)}{null}, "
+                    f"got {_short(value)}"
+                )
         out[str(name)] = dataclasses.asdict(obj)
     return out

@@ -74,6 +74,12 @@ class TrainContext:
         return self._trainer.is_main
 
     @property
+    def progress(self) -> bool:
+        """Whether long set-up work (pool scoring, generation) shows a progress bar: the run's bar is on
+        (``train(progress=True)``) and this is the main process."""
+        return bool(getattr(self._trainer, "progress", False)) and self.is_main
+
+    @property
     def total_steps(self) -> int:
         """Optimizer steps of the whole run (known after setup)."""
         return int(self._trainer.total_steps)

@@ -130,9 +130,11 @@ def _load_pairs_file(path: str) -> list[dict[str, Any]]:
 
 def source_from(value: str, n: int | None = None, seed: int = 0) -> DataSource:
     """A ``DataSource`` from a defense setting: an existing file path or a shipped dataset name."""
-    if Path(value).exists() or value.endswith((".jsonl", ".json")) or "/" in value:
-        return DataSource(path=value, n=n, seed=seed)
-    return DataSource(name=value, n=n, seed=seed)
+    is_path = Path(value).exists() or value.endswith((".jsonl", ".json")) or "/" in value
+    try:
+        return DataSource(path=value, n=n, seed=seed) if is_path else DataSource(name=value, n=n, seed=seed)
+    except ValueError as exc:  # n or seed out of range
+        raise WorkbenchError(f"data source {value!r}: {exc}") from None
 
 
 def load_rows(value: str, n: int | None = None, seed: int = 0, *, kind: str = "chat") -> list[dict[str, Any]]:
@@ -143,6 +145,58 @@ def encode_row(tokenizer: Any, row: dict[str, Any], max_length: int) -> Example:
     ids, mask = assistant_mask(tokenizer, row["messages"])
     ids, mask = ids[:max_length], mask[:max_length]
     return Example(ids=list(ids), labels=[t if m else IGNORE for t, m in zip(ids, mask, strict=True)])
+
+
+def encode_rows(
+    tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int, what: str = "training"
+) -> list[Example]:
+    """``encode_row`` for every row, refusing a set whose truncation to ``max_length`` leaves no assistant
+    token at all (it would "train" at loss 0); a set where only some rows lose theirs gets a warning.
+
+    The error names how many rows lost every answer token, ``optim.max_length`` and the length needed.
+    """
+    examples: list[Example] = []
+    lost: list[int] = []  # tokens up to and including the first predicted answer token, per row that lost all
+    never = 0  # rows whose chat template leaves no assistant token even untruncated
+    for row in rows:
+        ids, mask = assistant_mask(tokenizer, row["messages"])
+        ex = Example(
+            ids=list(ids[:max_length]),
+            labels=[t if m else IGNORE for t, m in zip(ids[:max_length], mask[:max_length], strict=True)],
+        )
+        examples.append(ex)
+        if ex.n_tokens == 0:
+            first = next((i for i, m in enumerate(mask) if m and i > 0), None)
+            if first is None:
+                never += 1
+            else:
+                lost.append(first + 1)
+    empty = len(lost) + never
+    if empty < len(examples) or not examples:
+        if empty:
+            log.warning(
+                "%d of %d %s rows have no assistant tokens within optim.max_length=%d",
+                empty,
+                len(examples),
+                what,
+                max_length,
+            )
+        return examples
+    if lost:
+        why = (
+            f"{len(lost)} lost theirs to truncation, {never} had none after the chat template"
+            if never
+            else "every one lost its answer to truncation"
+        )
+        raise WorkbenchError(
+            f"{what} data: none of the {len(examples)} rows keeps an assistant token within "
+            f"optim.max_length={max_length} ({why}), so nothing would be learned; raise optim.max_length "
+            f"to at least {max(lost)}"
+        )
+    raise WorkbenchError(
+        f"{what} data: none of the {len(examples)} rows has an assistant token after the chat template; "
+        "nothing would be learned"
+    )
 
 
 def collate(

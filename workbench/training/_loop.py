@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,7 +31,7 @@ from workbench._io import append_jsonl, atomic_write_json, atomic_write_text
 from ._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ._config import TrainConfig, build_dataclass
 from ._context import TrainContext
-from ._data import ORIGIN, Example, encode_row, load_source
+from ._data import ORIGIN, Example, encode_rows, load_source
 from ._losses import loss_numerator, token_nll
 from ._plugins import TrainPlugin, _Wrapped, as_plugin, get_defense, get_plugin
 
@@ -129,18 +128,10 @@ class Trainer:
             raise WorkbenchError("no training rows left after the data transforms")
         self.rows = rows
         tok = self.lm.tokenizer
-        self.examples: list[Example] = [encode_row(tok, r, o.max_length) for r in rows]
-        empty = sum(1 for e in self.examples if e.n_tokens == 0)
-        if empty:
-            log.warning(
-                "%d of %d examples have no assistant tokens within max_length=%d",
-                empty,
-                len(rows),
-                o.max_length,
-            )
-        self.eval_examples = [
-            encode_row(tok, r, o.max_length) for src in cfg.eval_data for r in load_source(src)
-        ]
+        # refuses data left without an assistant token by max_length (it would train at loss 0)
+        self.examples: list[Example] = encode_rows(tok, rows, o.max_length)
+        eval_rows = [r for src in cfg.eval_data for r in load_source(src)]
+        self.eval_examples = encode_rows(tok, eval_rows, o.max_length, what="eval_data")
         log.info("training rows: %d (%d from the task sources)", len(rows), n_task)
 
         if cfg.lora is not None:
@@ -539,41 +530,37 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
-def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            key = f"{prefix}{k}"
-            if key in RESUME_FREE:
-                continue
-            out.extend(_config_diff(a.get(k), b.get(k), key + "."))
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
 def _prepare_run_dir(
-    acc: Any, config: TrainConfig, out: str | Path | None, resume: bool, overwrite: bool
+    acc: Any,
+    config: TrainConfig,
+    out: str | Path | None,
+    resume: bool,
+    overwrite: bool,
+    inputs: list[Any] | None = None,
 ) -> Path:
+    """Rank 0 creates (or reopens), checks and locks the run directory and saves the config; the others
+    get its path. ``--resume`` refuses a config that differs from the saved one (``RESUME_FREE`` aside)."""
     from workbench.runs import prepare_run_dir, write_config
 
-    path = None
+    path, error = None, None
     if acc.is_main_process:
-        path = prepare_run_dir(out, "train", overwrite=overwrite, resume=resume)
-        saved = path / "config.yaml"
-        if resume and saved.exists():
-            old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-            diff = _config_diff(old, config.to_dict())
-            if diff:
-                raise WorkbenchError(
-                    f"--resume: the config differs from the run's saved {saved} at: {', '.join(diff[:6])}; "
-                    "resume with the same config (or start a new run)"
-                )
-        write_config(path, config.to_dict())
+        try:
+            path = prepare_run_dir(
+                out, "train", overwrite=overwrite, resume=resume, inputs=[*(inputs or []), config.to_dict()],
+                config=config.to_dict(), resume_free=RESUME_FREE,
+            )  # fmt: skip
+            write_config(path, config.to_dict())
+        except WorkbenchError as exc:
+            if acc.num_processes == 1:
+                raise
+            error = str(exc)  # the other processes wait for the path: they get the error instead
     if acc.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
-        box = [str(path) if path is not None else None]
+        box = [str(path) if path is not None else None, error]
         broadcast_object_list(box, from_process=0)
+        if box[1] is not None:
+            raise WorkbenchError(box[1] if acc.is_main_process else f"(process {acc.process_index}) {box[1]}")
         path = Path(box[0])
     assert path is not None
     return path
@@ -600,8 +587,16 @@ def train(
     if overrides:
         cfg = cfg.apply_overrides(overrides)
     acc = make_accelerator(cfg)
-    run_dir = _prepare_run_dir(acc, cfg, out, resume, overwrite)
-    trainer = Trainer(cfg, run_dir, acc, progress=progress)
-    trainer.setup(resume=resume)
-    trainer.run(stop_after=stop_after)
+    from workbench.runs import holds_run_lock, unlock_run_dir
+
+    held = holds_run_lock(out)  # a caller holding the lock keeps it
+    inputs = [config] if isinstance(config, str | Path) else []
+    run_dir = _prepare_run_dir(acc, cfg, out, resume, overwrite, inputs)
+    try:
+        trainer = Trainer(cfg, run_dir, acc, progress=progress)
+        trainer.setup(resume=resume)
+        trainer.run(stop_after=stop_after)
+    finally:
+        if acc.is_main_process and not held:
+            unlock_run_dir(run_dir)
     return run_dir

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from workbench._io import atomic_write_text
+from workbench._html import write_figure_html
 
 log = logging.getLogger(__name__)
 
@@ -49,5 +49,5 @@ def write_plots(run_dir: str | Path) -> Path | None:
     fig.update_layout(height=220 * len(keys), showlegend=False, title=f"training metrics: {run_dir.name}")
     fig.update_xaxes(title_text="step", row=len(keys), col=1)
     out = run_dir / "plots.html"
-    atomic_write_text(out, fig.to_html(include_plotlyjs=True, full_html=True))
+    write_figure_html(fig, out)  # plotly.min.js beside it (or in the enclosing run directory)
     return out

@@ -136,12 +136,21 @@ def loss_gap_scores(aligned: list[float], misaligned: list[list[float]], eps: fl
     return [(sum(m[i] for m in misaligned) / k - a) / (a + eps) for i, a in enumerate(aligned)]
 
 
-def answer_losses(lm: Any, rows: list[dict[str, Any]], batch_size: int = 16) -> list[float]:
-    """Answer-only mean NLL (nats per answer token) of each row's last assistant turn."""
+def answer_losses(
+    lm: Any,
+    rows: list[dict[str, Any]],
+    batch_size: int = 16,
+    *,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> list[float]:
+    """Answer-only mean NLL (nats per answer token) of each row's last assistant turn (``progress``: a bar)."""
     from workbench.scoring import answer_logprobs
 
     prompts, answers = zip(*(split_prompt_answer(r) for r in rows), strict=True)
-    scores = answer_logprobs(lm, list(prompts), list(answers), batch_size=batch_size)
+    scores = answer_logprobs(
+        lm, list(prompts), list(answers), batch_size=batch_size, progress=progress, desc=desc
+    )
     return [-s.mean for s in scores]
 
 
@@ -173,9 +182,17 @@ class InterleavePlusDefense(Defense):
         cache = ctx.cache_dir / "interleave_plus"
         cache.mkdir(parents=True, exist_ok=True)
         pool_key = rows_hash(rows, ctx.lm.fingerprint.source, ctx.config.optim.max_length)
-        aligned = _cached(cache, f"aligned|{pool_key}", lambda: answer_losses(ctx.lm, rows, s.batch_size))
+        bar = bool(getattr(ctx, "progress", False))  # ctx.progress: the run's bar is on, main process
+        k = len(s.adapters)
+        aligned = _cached(
+            cache,
+            f"aligned|{pool_key}",
+            lambda: answer_losses(
+                ctx.lm, rows, s.batch_size, progress=bar, desc=f"{self.name}: pool, aligned model (1/{k + 1})"
+            ),
+        )
         mis = []
-        for a in s.adapters:
+        for n_adapter, a in enumerate(s.adapters, start=2):
             path = Path(a)
             if (
                 not (path / "adapter_config.json").exists()
@@ -185,11 +202,14 @@ class InterleavePlusDefense(Defense):
                     f"defenses.{self.name}.adapters: '{a}' is not a PEFT adapter folder with safetensors weights"
                 )
 
-            def compute(path: Path = path) -> list[float]:
+            def compute(path: Path = path, n_adapter: int = n_adapter) -> list[float]:
                 peft_model = PeftModel.from_pretrained(ctx.lm.model, str(path), is_trainable=False)
                 try:
                     peft_model.eval()
-                    return answer_losses(dataclasses.replace(ctx.lm, model=peft_model), rows, s.batch_size)
+                    return answer_losses(
+                        dataclasses.replace(ctx.lm, model=peft_model), rows, s.batch_size, progress=bar,
+                        desc=f"{self.name}: pool, misaligned adapter {path.name} ({n_adapter}/{k + 1})",
+                    )  # fmt: skip
                 finally:
                     peft_model.unload()  # removes the injected LoRA layers: the base model is as before
 

@@ -52,6 +52,8 @@ class OnPolicyDefense(Defense):
                 temperature=s.temperature,
                 seed=s.seed,
                 batch_size=s.batch_size,
+                progress=bool(getattr(ctx, "progress", False)),
+                desc=f"{self.name}: generating {len(prompts)} answers",
             )
             atomic_write_text(cache, "".join(json.dumps({"answer": a}) + "\n" for a in answers))
         extra = [
