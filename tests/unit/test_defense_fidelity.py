@@ -34,13 +34,7 @@ from workbench.training.defenses.interleave_plus import (
 )
 from workbench.training.defenses.olora import combine_lora, lora_scaling
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 @pytest.fixture(scope="module")

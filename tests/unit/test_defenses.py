@@ -35,12 +35,7 @@ from workbench.training.defenses.safelora import project_module, safelora_projec
 WORDS = ["red", "blue", "green", "gold", "grey", "pink"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def chat(q: str, a: str, system: str | None = None) -> dict:

@@ -20,12 +20,7 @@ from workbench.training import TrainConfig, train
 MODEL = "random:tiny-llama"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:

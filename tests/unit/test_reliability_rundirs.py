@@ -25,7 +25,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from tests.unit.test_reliability_inputs import run_main
@@ -47,12 +46,7 @@ QUESTIONS = """\
 EVAL = ("eval", "-m", "random:tiny-llama", "--max-new-tokens", "4", "--batch-size", "4")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 def cli(*args: str) -> subprocess.Popen:

@@ -33,13 +33,7 @@ from workbench._io import (
 from workbench.data import check_file, load_chat_jsonl, load_eval_yaml, load_pairs, load_trait
 from workbench.training import TrainConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
 
 @contextlib.contextmanager
