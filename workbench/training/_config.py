@@ -76,17 +76,22 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _out_of_bounds(bounds: Any, value: Any, hint: Any) -> str | None:
+    """``"must be <range>[ or null], got <value>"`` when the number ``value`` lies outside ``bounds`` (a field of
+    type ``hint``), else None (also for no bounds, null, bools and non-numbers: other checks own those)."""
+    if bounds is None or isinstance(value, bool) or not isinstance(value, int | float) or value in bounds:
+        return None
+    null = " or null" if _is_union(hint) else ""
+    return f"must be {bounds.describe(_strip_optional(hint) is int)}{null}, got {_short(value)}"
+
+
 def _check_bounds(obj: Any) -> None:
     """Raise ``ValueError`` naming the first field of dataclass ``obj`` outside its ``bounds``."""
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        bounds = f.metadata.get("bounds")
-        value = getattr(obj, f.name)
-        if bounds is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if value not in bounds:
-            integer = str(f.type).startswith("int")  # "int" or "int | None" (annotations are strings)
-            null = " or null" if "None" in str(f.type) else ""
-            raise ValueError(f"'{f.name}' must be {bounds.describe(integer)}{null}, got {_short(value)}")
+        problem = _out_of_bounds(f.metadata.get("bounds"), getattr(obj, f.name), hints[f.name])
+        if problem:
+            raise ValueError(f"'{f.name}' {problem}")
 
 
 def _f(
@@ -573,13 +578,9 @@ def build_dataclass(cls: type, data: Any, where: str, prefix: str = "") -> Any:
             raise WorkbenchError(
                 f"{where}: '{prefix}{f.name}' must be one of {', '.join(choices)}, got {_short(value)}"
             )
-        bounds = f.metadata.get("bounds")
-        if bounds is not None and isinstance(value, int | float) and value not in bounds:
-            null = " or null" if _is_union(hints[f.name]) else ""
-            integer = _strip_optional(hints[f.name]) is int
-            raise WorkbenchError(
-                f"{where}: '{prefix}{f.name}' must be {bounds.describe(integer)}{null}, got {_short(value)}"
-            )
+        problem = _out_of_bounds(f.metadata.get("bounds"), value, hints[f.name])
+        if problem:
+            raise WorkbenchError(f"{where}: '{prefix}{f.name}' {problem}")
         kwargs[f.name] = value
     try:
         return cls(**kwargs)
@@ -669,15 +670,8 @@ def resolve_defenses(defenses: dict[str, Any], where: str) -> dict[str, dict[str
         obj = build_dataclass(cls.Settings, settings or {}, where, prefix=f"defenses.{name}.")
         hints = typing.get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
-            bounds, value = DEFENSE_BOUNDS.get(f.name), getattr(obj, f.name)
-            if bounds is None or isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            if value not in bounds:
-                integer = _strip_optional(hints[f.name]) is int
-                null = " or null" if _is_union(hints[f.name]) else ""
-                raise WorkbenchError(
-                    f"{where}: 'defenses.{name}.{f.name}' must be {bounds.describe(integer)}{null}, "
-                    f"got {_short(value)}"
-                )
+            problem = _out_of_bounds(DEFENSE_BOUNDS.get(f.name), getattr(obj, f.name), hints[f.name])
+            if problem:
+                raise WorkbenchError(f"{where}: 'defenses.{name}.{f.name}' {problem}")
         out[str(name)] = dataclasses.asdict(obj)
     return out
