@@ -36,28 +36,26 @@ from workbench._io import atomic_write_json
 from .._config import _f
 from .._plugins import Defense, register_defense
 
-_A_KEY = re.compile(r"^(?:base_model\.model\.)?(.*)\.lora_A(?:\.[^.]+)?\.weight$")
-_B_KEY = re.compile(r"^(?:base_model\.model\.)?(.*)\.lora_B(?:\.[^.]+)?\.weight$")
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(.*)\.lora_(A|B)(?:\.[^.]+)?\.weight$")
+
+
+def _lora_by_module(names_tensors: Any, which: str) -> dict[str, Any]:
+    out = {}
+    for name, t in names_tensors:
+        m = _LORA_KEY.match(name)
+        if m and m.group(2) == which:
+            out[m.group(1)] = t
+    return out
 
 
 def lora_a_by_module(names_tensors: Any) -> dict[str, Any]:
     """``{module path: A}`` from LoRA parameter names (with or without the adapter name)."""
-    out = {}
-    for name, t in names_tensors:
-        m = _A_KEY.match(name)
-        if m:
-            out[m.group(1)] = t
-    return out
+    return _lora_by_module(names_tensors, "A")
 
 
 def lora_b_by_module(names_tensors: Any) -> dict[str, Any]:
     """``{module path: B}`` from LoRA parameter names (with or without the adapter name)."""
-    out = {}
-    for name, t in names_tensors:
-        m = _B_KEY.match(name)
-        if m:
-            out[m.group(1)] = t
-    return out
+    return _lora_by_module(names_tensors, "B")
 
 
 def orthogonality_penalty(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
