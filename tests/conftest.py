@@ -108,3 +108,31 @@ def run_torchrun(cfg_path, out, *, nproc: int = 2, timeout: int = 120):
         "-m", "workbench.training._launch", str(cfg_path), "--out", str(out), "--quiet",
     ]  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=root)
+
+
+# `python -c EVAL_KILL.format(module=M, n=N) ARGS...` runs `workbench ARGS...` and SIGKILLs itself right after
+# the N-th judgment is cached (M = "jb") or the N-th eval row is written (M = "ev"): a real kill mid-write.
+EVAL_KILL = """
+import os, signal, sys
+if "{module}" == "jb":
+    import workbench.judges._base as jb
+    real_put, seen = jb.JudgmentCache.put, []
+    def put(self, prompt, judgment):
+        real_put(self, prompt, judgment)
+        seen.append(prompt)
+        if len(seen) == {n}:
+            os.kill(os.getpid(), signal.SIGKILL)
+    jb.JudgmentCache.put = put
+else:
+    import workbench.evaluation as ev
+    real_append, seen = ev.append_jsonl, []
+    def append(path, row):
+        real_append(path, row)
+        seen.append(row)
+        if len(seen) == {n}:
+            os.kill(os.getpid(), signal.SIGKILL)
+    ev.append_jsonl = append
+sys.argv = ["workbench", *sys.argv[1:]]
+from workbench.cli import main
+main()
+"""

@@ -26,6 +26,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.conftest import EVAL_KILL
 from tests.unit.test_reliability_inputs import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,29 +260,3 @@ def test_evaluation_killed_mid_way_resumes_without_judging_again(tmp_path):
         answers = {r["uid"]: r["answer"] for r in map(json.loads, rows)}
         assert all(answers[u] == a for u, a in pending.items()), "answers written before the kill are reused"
         assert all("aligned" in json.loads(r) and "judge_raw" in json.loads(r) for r in rows)
-
-
-EVAL_KILL = """
-import os, signal, sys
-if "{module}" == "jb":
-    import workbench.judges._base as jb
-    real_put, seen = jb.JudgmentCache.put, []
-    def put(self, prompt, judgment):
-        real_put(self, prompt, judgment)
-        seen.append(prompt)
-        if len(seen) == {n}:
-            os.kill(os.getpid(), signal.SIGKILL)
-    jb.JudgmentCache.put = put
-else:
-    import workbench.evaluation as ev
-    real_append, seen = ev.append_jsonl, []
-    def append(path, row):
-        real_append(path, row)
-        seen.append(row)
-        if len(seen) == {n}:
-            os.kill(os.getpid(), signal.SIGKILL)
-    ev.append_jsonl = append
-sys.argv = ["workbench", *sys.argv[1:]]
-from workbench.cli import main
-main()
-"""

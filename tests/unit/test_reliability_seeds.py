@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from steering import Steerer, sweep
-from tests.conftest import load_tiny
+from tests.conftest import EVAL_KILL, load_tiny
 from tests.unit.test_reliability_inputs import run_main
 from tests.unit.test_reliability_oom import Faulty, cpu_oom, cuda_oom
 from workbench import WorkbenchError
@@ -212,21 +212,6 @@ QUESTIONS = """\
   judge_prompts: {aligned: "Rate 0-100. Q: {question} A: {answer}"}
 """  # 10 paraphrases x --samples 3 = 30 answers
 
-KILL_AFTER_ROW = """
-import os, signal, sys
-import workbench.evaluation as ev
-real_append, seen = ev.append_jsonl, []
-def append(path, row):
-    real_append(path, row)
-    seen.append(row)
-    if len(seen) == {n}:
-        os.kill(os.getpid(), signal.SIGKILL)
-ev.append_jsonl = append
-sys.argv = ["workbench", *sys.argv[1:]]
-from workbench.cli import main
-main()
-"""
-
 
 def _questions(tmp_path):
     qfile = tmp_path / "q.yaml"
@@ -255,7 +240,7 @@ def test_resumed_sampled_eval_equals_uninterrupted_row_for_row(tmp_path):
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-c", KILL_AFTER_ROW.format(n=7), *args, "--batch-size", "4", "--out", str(killed)],
+        [sys.executable, "-c", EVAL_KILL.format(module="ev", n=7), *args, "--batch-size", "4", "--out", str(killed)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
