@@ -182,9 +182,7 @@ def check_model_spec(spec: str) -> None:
         return
     if spec.startswith("random:"):
         if spec.split(":", 1)[1] not in shape_names():
-            raise WorkbenchError(
-                f"unknown random shape '{spec.split(':', 1)[1]}'; shapes: {', '.join(shape_names())}"
-            )
+            raise _unknown_shape(spec.split(":", 1)[1])
         return
     if os.path.isdir(spec):
         if not os.path.exists(os.path.join(spec, "config.json")):
@@ -321,6 +319,10 @@ def _load_error(path: str, what: str, exc: BaseException, trust_remote_code: boo
     return WorkbenchError(f"could not load the {what} from '{path}' ({type(exc).__name__}: {first[:200]})")
 
 
+def _unknown_shape(shape: str) -> WorkbenchError:
+    return WorkbenchError(f"unknown random shape '{shape}'; shapes: {', '.join(shape_names())}")
+
+
 def _load_random(shape: str, device: torch.device, dtype: torch.dtype, seed: int):
     from transformers import AutoModelForCausalLM
 
@@ -329,7 +331,7 @@ def _load_random(shape: str, device: torch.device, dtype: torch.dtype, seed: int
     try:
         cfg = make_config(shape)
     except KeyError:
-        raise WorkbenchError(f"unknown random shape '{shape}'; shapes: {', '.join(shape_names())}") from None
+        raise _unknown_shape(shape) from None
     tok = byte_tokenizer()
     cfg.pad_token_id = tok.pad_token_id
     cfg.eos_token_id = tok.eos_token_id
