@@ -327,13 +327,16 @@ def eval_cmd(
     from .evaluation import EvalConfig, Evaluator, write_summary
     from .runs import check_run_dir, prepare_run_dir, write_config
 
-    for flag, value in (
-        ("--aligned-threshold", aligned_threshold),
-        ("--coherent-threshold", coherent_threshold),
-    ):
-        if not 0.0 <= value <= 100.0:
-            raise WorkbenchError(f"{flag} must be in 0..100, got {value:g}")
-    _check_eval_numbers(samples, temperature, max_new_tokens, batch_size, alpha, gate_alpha)
+    _check_eval_numbers(
+        samples,
+        temperature,
+        max_new_tokens,
+        batch_size,
+        alpha,
+        gate_alpha,
+        aligned_threshold,
+        coherent_threshold,
+    )
     if not questions and not data and not preference:
         raise WorkbenchError("nothing to evaluate: give --questions, --data and/or --preference")
     flags = {
@@ -410,10 +413,18 @@ EVAL_RESUME_FREE = {"batch_size", "compile", "config_file"}
 """Eval settings an ``--resume`` may change: speed settings, and the --config file's name (its values count)."""
 
 
-def _check_eval_numbers(samples, temperature, max_new_tokens, batch_size, alpha, gate_alpha) -> None:
+def _check_eval_numbers(
+    samples, temperature, max_new_tokens, batch_size, alpha, gate_alpha, aligned_threshold, coherent_threshold
+) -> None:
     """The numeric flags of ``eval``, before anything is read or created (one line naming the flag)."""
     from ._options import check_finite, check_int, check_number
 
+    for flag, value in (
+        ("--aligned-threshold", aligned_threshold),
+        ("--coherent-threshold", coherent_threshold),
+    ):
+        if not 0.0 <= value <= 100.0:
+            raise WorkbenchError(f"{flag} must be in 0..100, got {value:g}")
     if samples is not None:  # 0 used to fall back to the file's value, -1 gave no rows at all
         check_int(samples, "--samples")
     check_number(temperature, "--temperature", minimum=0, note=" (0 = greedy)")
