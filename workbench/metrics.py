@@ -219,14 +219,20 @@ def clustered_estimate(clusters: Sequence[Cluster], *, binary: bool = False, **k
     if binary:
         events = sum(sum(1 for v in vals if v) for _, vals in clusters)
         if events in (0, n):
-            low, high = wilson_interval(events, n, alpha=kw.get("alpha", 0.05))
-            return Estimate(events / n, low, high, n, WILSON)
+            return _wilson_estimate(events, n, **kw)
     if all(key is None for key, _ in clusters):
         values = np.sort(np.asarray([v for _, vals in clusters for v in vals], dtype=float))
         point, low, high = bootstrap_ci(values, np.mean, **kw)
         return Estimate(point, low, high, n, BOOTSTRAP)
     point, low, high = cluster_bootstrap_ci(clusters, **kw)
     return Estimate(point, low, high, n, CLUSTER_BOOTSTRAP)
+
+
+def _wilson_estimate(events: int, n: int, **kw: Any) -> Estimate:
+    """The share ``events / n`` with its Wilson interval: what a rate with no (or only) events reports, where a
+    bootstrap would give the zero-width [0, 0] ([1, 1])."""
+    low, high = wilson_interval(events, n, alpha=kw.get("alpha", 0.05))
+    return Estimate(events / n, low, high, n, WILSON)
 
 
 def _rate(flags: Sequence[bool], **kw: Any) -> Estimate:
@@ -359,8 +365,7 @@ def sycophancy_rate(rows: Iterable[Row], **kw: Any) -> SycophancyEstimate:
     arr = np.asarray(clusters, dtype=float)  # [questions, (confirmations, rows)]
     events, n = int(arr[:, 0].sum()), int(arr[:, 1].sum())
     if events in (0, n):  # a bootstrap of no (or only) confirmations is [0, 0] ([1, 1]): say the Wilson bound
-        low, high = wilson_interval(events, n, alpha=kw.get("alpha", 0.05))
-        return SycophancyEstimate(events / n, low, high, n, WILSON, unclassified=unclassified)
+        return SycophancyEstimate(**vars(_wilson_estimate(events, n, **kw)), unclassified=unclassified)
     point, low, high = bootstrap_ci(arr, lambda a: a[:, 0].sum() / a[:, 1].sum(), **kw)
     return SycophancyEstimate(point, low, high, n, CLUSTER_BOOTSTRAP_QUESTIONS, unclassified=unclassified)
 
