@@ -39,8 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    finally:
+        _close_process_group()
     sys.stdout.write(f"run directory: {run_dir}\n")
     return 0
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter exits: a gloo group left to interpreter
+    finalisation can abort the process ("terminate called without an active exception", exit -6) after
+    the run has finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
