@@ -37,7 +37,7 @@ SMALL_N = 30
 """Estimates resting on fewer rows than this get a caveat on the Runs page."""
 MAX_TREE_ENTRIES = 10_000
 """How many entries of an adapter or model folder are checked for links leaving the root."""
-STATISTICS = ("response_avg", "prompt_avg", "prompt_last")
+STATISTICS = ("response_avg", "prompt_avg", "prompt_last", "response_last")
 """The persona-vector statistics, in the order the pages offer them."""
 MAX_DEPTH = 4
 """How deep below the chosen directory artifacts are looked for."""

@@ -3,13 +3,16 @@
 ``GateSet.create(lm, kind, sites, layers)`` makes identity gates; train them with ``train_gates`` (or the
 ``gates`` plugin of ``workbench train``, registered by ``gating.training``); apply them with
 ``gates.attached(lm, alpha)`` where ``g_alpha = max(0, 1 + alpha * (g - 1))`` (1 trained, 0 off,
--1 suppress, > 1 amplify); inspect them with ``analyze_gates``. See ``docs/gates.md``.
+-1 suppress, > 1 amplify); inspect them with ``analyze_gates``; read and write the alignment-gating
+reference checkpoint (``gating_params.pth``) with ``load_reference_gates`` / ``export_reference_gates``.
+See ``docs/gates.md``.
 """
 
 from . import kinds  # noqa: F401  (registers the shipped gate kinds)
 from ._analysis import GateAnalysis, analyze_gates
 from ._gate import GATE_KINDS, GATE_SITES, Gate, register_gate_kind
 from ._gateset import GateHandle, GateSet, gate_intervention
+from ._reference import export_reference_gates, load_reference_gates
 from ._train import train_gates
 
 __all__ = [
@@ -20,7 +23,9 @@ __all__ = [
     "GateHandle",
     "GateSet",
     "analyze_gates",
+    "export_reference_gates",
     "gate_intervention",
+    "load_reference_gates",
     "register_gate_kind",
     "train_gates",
 ]

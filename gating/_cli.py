@@ -103,7 +103,14 @@ def load_eval_sets(specs: list[str]) -> list[tuple[str, str, Any]]:
 
 
 def gate(
-    gates: Annotated[Path, typer.Option("--gates", "-g", help="Trained gates (gates.safetensors).")],
+    gates: Annotated[
+        Path,
+        typer.Option(
+            "--gates",
+            "-g",
+            help="Trained gates: gates.safetensors, or an alignment-gating reference gating_params.pth.",
+        ),
+    ],
     model: Annotated[
         str, typer.Option("--model", "-m", help="Model spec (default smollm2-135m).")
     ] = "smollm2-135m",

@@ -411,7 +411,20 @@ class GateSet(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], lm: Any | None = None) -> GateSet:
-        """Read gates; with ``lm``, refuse gates made for a model of other dimensions and move them to its device."""
+        """Read gates; with ``lm``, refuse gates made for a model of other dimensions and move them to its device.
+
+        An alignment-gating reference checkpoint (``gating_params.pth``, or a safetensors file of its keys) is
+        detected by suffix or keys and read by ``load_reference_gates``; it carries no sizes, so it needs ``lm``.
+        """
+        from ._reference import is_reference_checkpoint, load_reference_gates
+
+        if is_reference_checkpoint(path):
+            if lm is None:
+                raise WorkbenchError(
+                    f"'{path}' is an alignment-gating reference checkpoint (gate_proj_myself keys), which "
+                    "carries no model sizes: load it with the model, GateSet.load(path, lm)"
+                )
+            return load_reference_gates(path, lm)
         art = load_artifact(
             path, expect_kind=ARTIFACT_KIND, fingerprint=None if lm is None else lm.fingerprint
         )

@@ -9,7 +9,7 @@ fine-tuning data with it (``screen_dataset``). See ``docs/persona_vectors.md``.
 from ._extract import ExtractionResult, extract_from_pairs, extract_from_trait
 from ._project import answer_projections, project, token_projections
 from ._screen import ScreenResult, screen_dataset, write_screen_report
-from ._vector import PersonaVector, export_gguf, import_pt, load_vectors, save_vectors
+from ._vector import PersonaVector, export_gguf, import_gguf, import_pt, load_vectors, save_vectors
 
 __all__ = [
     "ExtractionResult",
@@ -19,6 +19,7 @@ __all__ = [
     "export_gguf",
     "extract_from_pairs",
     "extract_from_trait",
+    "import_gguf",
     "import_pt",
     "load_vectors",
     "project",

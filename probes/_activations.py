@@ -3,23 +3,27 @@
 Each example is a chat prompt plus a given answer, tokenized as in ``workbench.scoring`` (prompt and answer
 separately, then concatenated) and right-padded. A ``reduce`` function on each ``resid_post`` hook keeps
 only per-example summaries, so memory does not grow with sequence length. Padding never enters a mean.
+
+The sequence ends with the answer's last token: nothing (no end-of-turn token) is appended after the
+answer, so ``response_last`` is the last non-padding token of prompt + answer, the token repeng reads when
+given the string ``rendered prompt + answer``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench import LoadedModel, read_sites
+from workbench import LoadedModel, forward_until, read_sites
 from workbench.chat import Message
 from workbench.scoring import build_teacher_forced, pad_right
 
-STAT_ORDER = ("response_avg", "prompt_avg", "prompt_last")
+STAT_ORDER = ("response_avg", "prompt_avg", "prompt_last", "response_last")
+_NEEDS_ANSWER = ("response_avg", "response_last")
 
 
 @dataclass
@@ -27,12 +31,14 @@ class ActivationStats:
     """Per-example summaries of ``resid_post``: each tensor is ``[n_examples, n_read_layers, d_model]``.
 
     ``layers`` lists the model layers read, in order. ``n_answer_tokens[i] == 0`` means example ``i`` had an
-    empty answer; its ``response_avg`` row is zero and must not enter a mean (see ``valid``).
+    empty answer; its ``response_avg`` row is zero and its ``response_last`` row is the last prompt token:
+    neither may enter a mean (see ``valid``).
     """
 
     response_avg: Tensor  # [n, L, d_model]
     prompt_avg: Tensor  # [n, L, d_model]
     prompt_last: Tensor  # [n, L, d_model]
+    response_last: Tensor  # [n, L, d_model]
     n_answer_tokens: Tensor  # [n] long
     n_prompt_tokens: Tensor  # [n] long
     layers: list[int]
@@ -41,30 +47,10 @@ class ActivationStats:
         return getattr(self, statistic)
 
     def valid(self, statistic: str) -> Tensor:
-        """Boolean ``[n]``: which examples have this statistic (an empty answer has no response mean)."""
-        if statistic == "response_avg":
+        """Boolean ``[n]``: which examples have this statistic (an empty answer has no answer token)."""
+        if statistic in _NEEDS_ANSWER:
             return self.n_answer_tokens > 0
         return torch.ones_like(self.n_answer_tokens, dtype=torch.bool)
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the last needed layer has run."""
-
-
-def run_until(lm: LoadedModel, ids: Tensor, mask: Tensor, last_layer: int) -> None:
-    """Forward ``ids`` only through decoder layer ``last_layer``: later layers, the final norm and the
-    unembedding (a fifth of a small model's compute) are skipped. Hooks inside ``read_sites`` still fire."""
-
-    def stop(module: torch.nn.Module, args: Any, output: Any) -> None:
-        raise _Stop
-
-    handle = lm.sites.layers[last_layer].register_forward_hook(stop)
-    try:
-        lm.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
 
 
 def _sites(layers: Sequence[int]) -> list[str]:
@@ -81,21 +67,25 @@ def _batches(examples: list[tuple[list[int], int]], batch_size: int) -> list[lis
 
 def _masks(
     examples: list[tuple[list[int], int]], idx: list[int], width: int, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Response mask, prompt mask (``[batch, pos]`` float) and the last prompt position (``[batch]``)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Response mask, prompt mask (``[batch, pos]`` float), the last prompt position and the last position
+    of the sequence, i.e. the last answer token (``[batch]`` each)."""
     resp = torch.zeros(len(idx), width)
     prompt = torch.zeros(len(idx), width)
     last = torch.zeros(len(idx), dtype=torch.long)
+    end = torch.zeros(len(idx), dtype=torch.long)
     for row, i in enumerate(idx):
         seq, start = examples[i]
         prompt[row, :start] = 1.0
         resp[row, start : len(seq)] = 1.0
         last[row] = start - 1
-    return resp.to(device), prompt.to(device), last.to(device)
+        end[row] = len(seq) - 1
+    return resp.to(device), prompt.to(device), last.to(device), end.to(device)
 
 
-def _stat_reducer(resp: Tensor, prompt: Tensor, last: Tensor) -> Callable[[str, Tensor], Tensor]:
-    """A ``read_sites`` reduce that keeps ``[3, batch, d_model]``: response mean, prompt mean, last prompt token."""
+def _stat_reducer(resp: Tensor, prompt: Tensor, last: Tensor, end: Tensor) -> Callable[[str, Tensor], Tensor]:
+    """A ``read_sites`` reduce that keeps ``[4, batch, d_model]`` in ``STAT_ORDER``: response mean, prompt
+    mean, last prompt token, last answer token."""
     rows = torch.arange(resp.shape[0], device=resp.device)
     n_resp = resp.sum(1, keepdim=True).clamp_min(1.0)
     n_prompt = prompt.sum(1, keepdim=True).clamp_min(1.0)
@@ -104,7 +94,7 @@ def _stat_reducer(resp: Tensor, prompt: Tensor, last: Tensor) -> Callable[[str, 
         x = x.float()
         r = torch.einsum("bp,bpd->bd", resp, x) / n_resp
         p = torch.einsum("bp,bpd->bd", prompt, x) / n_prompt
-        return torch.stack([r, p, x[rows, last]], dim=0)  # stays on the device: no host sync per layer
+        return torch.stack([r, p, x[rows, last], x[rows, end]], dim=0)  # stays on the device: no host sync
 
     return reduce
 
@@ -121,7 +111,8 @@ def teacher_forced_stats(
     progress: bool = False,
     desc: str = "reading activations",
 ) -> ActivationStats:
-    """Mean over answer tokens, mean over prompt tokens and the last prompt token, per example and layer."""
+    """Mean over answer tokens, mean over prompt tokens, the last prompt token and the last answer token
+    (``STAT_ORDER``), per example and layer. The pass stops after the deepest layer read."""
     chosen = list(range(lm.n_layers)) if layers is None else [lm.sites.check_layer(x) for x in layers]
     examples = build_teacher_forced(lm.tokenizer, prompts, answers, system)
     n, d = len(examples), lm.d_model
@@ -135,15 +126,16 @@ def teacher_forced_stats(
         ids, mask = pad_right([examples[i][0] for i in idx], pad, lm.device)
         reduce = _stat_reducer(*_masks(examples, idx, ids.shape[1], lm.device))
         with read_sites(lm, sites, reduce=reduce) as cache:
-            run_until(lm, ids, mask, max(chosen))
+            forward_until(lm, sites, input_ids=ids, attention_mask=mask)
         index = torch.tensor(idx, dtype=torch.long)
         cols = torch.tensor([col[site] for site in sites], dtype=torch.long)
-        stacked = torch.stack([cache[site] for site in sites], dim=2).cpu()  # [3, batch, L, d]: one copy
+        stacked = torch.stack([cache[site] for site in sites], dim=2).cpu()  # [4, batch, L, d]: one copy
         out[:, index[:, None], cols[None, :]] = stacked
     return ActivationStats(
         response_avg=out[0],
         prompt_avg=out[1],
         prompt_last=out[2],
+        response_last=out[3],
         n_answer_tokens=n_ans,
         n_prompt_tokens=n_prompt,
         layers=chosen,
@@ -177,7 +169,7 @@ def answer_token_values(
             return (x.float() @ u).cpu()
 
         with read_sites(lm, [site], reduce=reduce) as cache:
-            run_until(lm, ids, mask, layer)
+            forward_until(lm, layer, input_ids=ids, attention_mask=mask)
         values = cache[site]
         for row, i in enumerate(idx):
             seq, start = examples[i]

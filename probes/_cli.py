@@ -91,15 +91,29 @@ def extract_vector(
     overwrite: Annotated[
         bool, typer.Option(help="Replace --out and its rows file if they exist (never an input file).")
     ] = False,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Direction per layer: mean_diff, pca, pca_centered (repeng's pca_diff) or logistic."
+        ),
+    ] = "mean_diff",
+    convention: Annotated[
+        str,
+        typer.Option(
+            help="Sign and length of pca / pca_centered: workbench (mean difference) or repeng (unit)."
+        ),
+    ] = "workbench",
 ) -> None:
-    """Extract a persona vector from a trait's contrastive system prompts (all three statistics, one file)."""
+    """Extract a persona vector from a trait's contrastive system prompts (every statistic, one file)."""
     from workbench.runs import check_output_files
 
     from . import extract_from_trait
+    from ._extract import _check_method
 
     _check_extract_numbers(
         n_per_question, threshold, n_instructions, n_questions, max_new_tokens, temperature, batch_size
     )
+    _check_method(method, convention)
     # before any work: existing outputs need --overwrite, and an input (the trait file, a file of the model
     # folder) is never replaced
     check_output_files([out, rows_path(Path(out))], overwrite=overwrite, inputs=[trait, model])
@@ -123,6 +137,8 @@ def extract_vector(
         temperature=temperature,
         seed=seed,
         progress=True,
+        method=method,
+        convention=convention,
     )
     path = result.save(out)
     rows = result.write_rows(rows_path(Path(out)))
@@ -132,10 +148,14 @@ def extract_vector(
     typer.echo(result.note)
     typer.echo(
         f"wrote {path}: {', '.join(result.vectors)} vectors of shape {list(v.vectors.shape)} "
-        f"(trait {v.trait}, {v.metadata['n_positive']} positive / {v.metadata['n_negative']} negative answers)"
+        f"(trait {v.trait}, method {method}, {v.metadata['n_positive']} positive / "
+        f"{v.metadata['n_negative']} negative answers)"
     )
-    typer.echo(f"response_avg norm: largest at layer {top} ({float(norms[top]):.3f}), middle layer "
-               f"{lm.n_layers // 2} ({float(norms[lm.n_layers // 2]):.3f})")  # fmt: skip
+    if convention == "repeng":
+        typer.echo("unit vector per layer, signed by repeng's vote over pairs (convention repeng)")
+    else:
+        typer.echo(f"response_avg norm: largest at layer {top} ({float(norms[top]):.3f}), middle layer "
+                   f"{lm.n_layers // 2} ({float(norms[lm.n_layers // 2]):.3f})")  # fmt: skip
     typer.echo(f"wrote {rows} ({len(result.rows)} answers)")
     if result.filtered:
         typer.echo(f"judgments cached in {judge_cache_dir(Path(out))}")
@@ -159,7 +179,10 @@ def screen(
         float | None, typer.Option(help="Flag examples above this difference (default: mean + 2 std).")
     ] = None,
     statistic: Annotated[
-        str, typer.Option(help="Which vector in the file: response_avg, prompt_avg or prompt_last.")
+        str,
+        typer.Option(
+            help="Which vector in the file: response_avg, prompt_avg, prompt_last or response_last."
+        ),
     ] = "response_avg",
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 16,
     max_new_tokens: Annotated[
@@ -219,3 +242,162 @@ def screen(
     for r in [r for r in result.ranked if r["diff"] is not None][:3]:
         typer.echo(f"  #{r['rank']} row {r['index']}: diff {r['diff']:+.3f}  {r['prompt'][:70]!r}")
     typer.echo(f"wrote {run} (ranked.jsonl, flags.jsonl, summary.json, histogram.html)")
+
+
+# -- workbench vector import / export (persona_vectors .pt, llama.cpp GGUF control vectors) --------------
+
+vector_app = typer.Typer(
+    help="Convert persona vectors: import .pt / GGUF control vectors, export GGUF for llama.cpp.",
+    no_args_is_help=True,
+)
+
+
+def _blocks_text(blocks: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1..3, 7"``."""
+    parts: list[tuple[int, int]] = []
+    for b in sorted(blocks):
+        if parts and parts[-1][1] == b - 1:
+            parts[-1] = (parts[-1][0], b)
+        else:
+            parts.append((b, b))
+    return ", ".join(str(a) if a == z else f"{a}..{z}" for a, z in parts)
+
+
+def _int_list(values: list[str] | None, flag: str) -> list[int] | None:
+    """``["1,2", "5"]`` -> ``[1, 2, 5]`` (repeated flags and comma-separated lists both work)."""
+    from workbench import WorkbenchError
+
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for part in str(v).split(","):
+            if part.strip():
+                try:
+                    out.append(int(part.strip()))
+                except ValueError:
+                    raise WorkbenchError(f"{flag}: '{part.strip()}' is not a whole number") from None
+    return out
+
+
+@vector_app.command("export")
+def vector_export(
+    vector: Annotated[Path, typer.Argument(help="A persona_vector .safetensors file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="GGUF control vector to write (.gguf).")],
+    statistic: Annotated[
+        str,
+        typer.Option(
+            help="Which vector in the file: response_avg, prompt_avg, prompt_last or response_last."
+        ),
+    ] = "response_avg",
+    layers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layers", help="Blocks to export (repeatable or comma-separated; default: all but block 0)."
+        ),
+    ] = None,
+    scale: Annotated[float, typer.Option(help="Multiply every direction by this.")] = 1.0,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Write a llama.cpp control vector: block l becomes direction.l (block 0 cannot be steered there)."""
+    from workbench.runs import check_output_files
+
+    from . import PersonaVector, export_gguf
+
+    chosen = _int_list(layers, "--layers")
+    check_output_files([out], overwrite=overwrite, inputs=[vector])
+    vec = PersonaVector.load(vector, statistic=statistic)
+    path = export_gguf(vec, out, scale=scale, layers=chosen)
+    written = chosen if chosen is not None else list(range(1, vec.n_layers))
+    typer.echo(
+        f"wrote {path}: {len(written)} directions for blocks {_blocks_text(written)} of '{vec.trait}' "
+        f"{vec.statistic} [{vec.n_layers}, {vec.d_model}] (direction.N = output of block N, as llama.cpp "
+        "reads it)"
+    )
+    if chosen is None and vec.n_layers > 1:
+        typer.echo("block 0 left out: llama.cpp cannot steer the output of block 0")
+
+
+@vector_app.command("import")
+def vector_import(
+    source: Annotated[
+        Path, typer.Argument(help="A llama.cpp control vector (.gguf) or a persona_vectors .pt tensor file.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="persona_vector .safetensors file to write.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Check the vector against this model spec and take its fingerprint."
+        ),
+    ] = None,
+    trait: Annotated[
+        str | None, typer.Option(help="Trait name (default: the file's, else 'imported').")
+    ] = None,
+    statistic: Annotated[
+        str | None,
+        typer.Option(help="Statistic to record (default: the file's, else response_avg)."),
+    ] = None,
+    old_workbench_numbering: Annotated[
+        bool,
+        typer.Option(
+            help="The GGUF was exported by a workbench version before the numbering fix "
+            "(direction.N was block N-1)."
+        ),
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Import a GGUF control vector (direction.N = block N) or a .pt file (row l+1 = block l)."""
+    from workbench import WorkbenchError
+    from workbench.runs import check_output_files
+
+    from . import PersonaVector, import_gguf, import_pt, save_vectors
+    from ._vector import STATISTICS, _check_statistic
+
+    if statistic is not None:
+        _check_statistic(statistic)
+    check_output_files([out], overwrite=overwrite, inputs=[source, model])
+    if not source.is_file():
+        raise WorkbenchError(f"vector file '{source}' does not exist")
+    with open(source, "rb") as fh:
+        is_gguf = fh.read(4) == b"GGUF"
+    if not is_gguf and source.suffix not in (".pt", ".pth"):
+        raise WorkbenchError(
+            f"'{source}' is neither a GGUF file nor a .pt/.pth tensor file; accepted: .gguf, .pt, .pth"
+        )
+    if old_workbench_numbering and not is_gguf:
+        raise WorkbenchError("--old-workbench-numbering applies to GGUF control vectors only")
+    fp = _load(model).fingerprint if model is not None else None
+    if is_gguf:
+        vec = import_gguf(
+            source, fp, trait=trait, statistic=statistic, from_old_workbench=old_workbench_numbering
+        )
+        path = vec.save(out)
+        present = vec.metadata["blocks_present"]
+        typer.echo(
+            f"read {source}: directions for blocks {_blocks_text(present)} (model hint "
+            f"{vec.metadata['model_hint']}; numbering: {vec.metadata['direction_index']})"
+        )
+        missing = [b for b in range(vec.n_layers) if b not in present]
+        if missing:
+            typer.echo(f"blocks without a direction (zero rows): {_blocks_text(missing)}")
+        vectors: dict[str, PersonaVector] = {vec.statistic: vec}
+    else:
+        got = import_pt(source, fp, trait=trait or "imported", statistic=statistic or "response_avg")
+        if isinstance(got, PersonaVector):
+            vectors = {got.statistic: got}
+        else:
+            odd = [k for k in got if k not in STATISTICS]
+            if odd:
+                raise WorkbenchError(
+                    f"'{source}' holds tensors under {odd}; a file of several vectors needs statistic names "
+                    f"as keys ({', '.join(STATISTICS)})"
+                )
+            vectors = got
+        path = save_vectors(out, vectors)
+        typer.echo(f"read {source}: row l+1 = block l (row 0, the embeddings, dropped)")
+    first = next(iter(vectors.values()))
+    model_text = first.fingerprint.short() if first.fingerprint else "no model fingerprint"
+    typer.echo(
+        f"wrote {path}: {', '.join(vectors)} [{first.n_layers}, {first.d_model}] trait '{first.trait}' "
+        f"({model_text})"
+    )

@@ -1,7 +1,7 @@
 """Persona-vector extraction: contrastive system prompts (judged, filtered) or given answer pairs.
 
 Both paths end in ``teacher_forced_stats``: one forward pass per batch over prompt + answer, every layer's
-``resid_post`` reduced to three per-example statistics, and a difference of class means (or a PCA / logistic
+``resid_post`` reduced to four per-example statistics, and a difference of class means (or a PCA / logistic
 direction) per layer.
 """
 
@@ -30,7 +30,11 @@ from ._vector import STATISTICS, PersonaVector, save_vectors
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mean_diff", "pca", "logistic")
+METHODS = ("mean_diff", "pca", "pca_centered", "logistic")
+PAIRED_METHODS = ("pca", "pca_centered")
+CONVENTIONS = ("workbench", "repeng")
+"""How a direction is signed and scaled. ``workbench``: see ``directions_from_activations``. ``repeng``
+(paired methods only): unit norm per layer, sign by repeng's vote over pairs."""
 
 COHERENCE_PROMPT = """You are grading how well-formed an AI assistant's reply is. Ignore whether you agree with \
 it or whether it is kind or harmful; judge only whether it is sensible language that engages with the question.
@@ -58,16 +62,45 @@ def _mean_diff(pos: Tensor, neg: Tensor) -> Tensor:
     return pos.mean(0) - neg.mean(0)  # [L, d]
 
 
-def _pca(pos: Tensor, neg: Tensor) -> Tensor:
-    """First principal direction of the paired differences (uncentred, so a shared shift dominates)."""
+def _first_direction(pos: Tensor, neg: Tensor, centered: bool) -> Tensor:
+    """Unit first right-singular vector per layer of the paired differences ``pos_i - neg_i``: ``[L, d]``.
+
+    ``centered``: the differences' mean is subtracted first (sklearn's ``PCA``, i.e. repeng ``pca_diff``);
+    otherwise the SVD is of the raw differences (repeng ``pca_center``: its rows ``+-(pos_i - neg_i) / 2``
+    have mean zero, so sklearn's centring changes nothing and the direction is the same). The sign is
+    sklearn's (``svd_flip``): the entry of largest magnitude is positive.
+    """
+    diffs = (pos - neg).transpose(0, 1).double()  # [L, n, d]
+    if centered:
+        diffs = diffs - diffs.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(diffs, full_matrices=False)
+    u = vh[:, 0, :]  # [L, d] unit rows
+    biggest = u.abs().argmax(-1, keepdim=True)
+    sign = torch.sign(u.gather(-1, biggest))
+    sign[sign == 0] = 1.0
+    return (u * sign).float()
+
+
+def _pca(pos: Tensor, neg: Tensor, centered: bool = False, convention: str = "workbench") -> Tensor:
+    """First principal direction of the paired differences, uncentred (``pca``) or centred (``pca_centered``)."""
+    name = "pca_centered" if centered else "pca"
     if pos.shape != neg.shape:
         raise WorkbenchError(
-            f"method 'pca' needs paired examples: {pos.shape[0]} positive vs {neg.shape[0]} negative"
+            f"method '{name}' needs paired examples: {pos.shape[0]} positive vs {neg.shape[0]} negative"
         )
-    diffs = (pos - neg).transpose(0, 1)  # [L, n, d]
+    if centered and pos.shape[0] < 2:
+        raise WorkbenchError(
+            f"method 'pca_centered' needs at least 2 pairs (the centred differences of 1 pair are all zero), "
+            f"got {pos.shape[0]}"
+        )
+    u = _first_direction(pos, neg, centered)  # [L, d]
+    if convention == "repeng":
+        # repeng: count pairs whose positive projects above / below its negative; flip when "below" wins
+        along = torch.einsum("nld,ld->nl", (pos - neg).double(), u.double())  # [n, L]
+        above, below = (along > 0).sum(0), (along < 0).sum(0)
+        sign = torch.where(below > above, -1.0, 1.0)
+        return u * sign[:, None].float()
     md = _mean_diff(pos, neg)  # [L, d]
-    _, _, vh = torch.linalg.svd(diffs.double(), full_matrices=False)
-    u = vh[:, 0, :].float()  # [L, d] unit rows
     along = (md * u).sum(-1, keepdim=True)  # signed length of the mean difference along u
     return along * u  # sign follows the mean difference; length = its component along u
 
@@ -103,15 +136,34 @@ def _logistic(pos: Tensor, neg: Tensor, l2: float = 1e-2, steps: int = 200) -> T
     return direction * sign * md.norm(dim=-1, keepdim=True)
 
 
-def directions_from_activations(pos: Tensor, neg: Tensor, method: str = "mean_diff") -> Tensor:
-    """One direction per layer from positive and negative activations ``[n, n_layers, d_model]``.
-
-    ``mean_diff``: mean(pos) - mean(neg). ``pca``: first principal component of the paired differences
-    (uncentred), sign and length from the mean difference's component along it. ``logistic``: weights of an
-    L2 logistic regression (pos = 1), scaled to the mean-difference norm. Returns ``[n_layers, d_model]``.
-    """
+def _check_method(method: str, convention: str) -> None:
     if method not in METHODS:
         raise WorkbenchError(f"unknown extraction method '{method}'; expected one of {', '.join(METHODS)}")
+    if convention not in CONVENTIONS:
+        raise WorkbenchError(f"unknown convention '{convention}'; expected one of {', '.join(CONVENTIONS)}")
+    if convention == "repeng" and method not in PAIRED_METHODS:
+        raise WorkbenchError(
+            f"convention 'repeng' applies to the paired methods {', '.join(PAIRED_METHODS)}, not '{method}'"
+        )
+
+
+def directions_from_activations(
+    pos: Tensor, neg: Tensor, method: str = "mean_diff", *, convention: str = "workbench"
+) -> Tensor:
+    """One direction per layer from positive and negative activations ``[n, n_layers, d_model]``.
+
+    ``mean_diff``: mean(pos) - mean(neg). ``pca``: first right-singular vector of the paired differences
+    ``pos_i - neg_i``, uncentred (= repeng ``pca_center``). ``pca_centered``: the same after subtracting the
+    differences' mean (= repeng ``pca_diff``). ``logistic``: weights of an L2 logistic regression (pos = 1),
+    scaled to the mean-difference norm. Returns ``[n_layers, d_model]``.
+
+    ``convention`` signs and scales the two PCA directions ``u``: ``workbench`` (default) returns
+    ``(md . u) u`` with ``md`` the mean difference, so the sign follows ``md`` and the length is ``md``'s
+    component along ``u`` (small when the centred direction is nearly orthogonal to ``md``); ``repeng``
+    returns the unit ``u``, flipped when more pairs have ``pos_i . u < neg_i . u`` than the reverse (a tie
+    keeps sklearn's sign: largest-magnitude entry positive), exactly repeng's ``read_representations``.
+    """
+    _check_method(method, convention)
     if pos.dim() != 3 or neg.dim() != 3 or pos.shape[1:] != neg.shape[1:]:
         raise WorkbenchError(f"activation shapes {tuple(pos.shape)} and {tuple(neg.shape)} do not match")
     if pos.shape[0] == 0 or neg.shape[0] == 0:
@@ -121,8 +173,8 @@ def directions_from_activations(pos: Tensor, neg: Tensor, method: str = "mean_di
     pos, neg = pos.float(), neg.float()
     if method == "mean_diff":
         return _mean_diff(pos, neg)
-    if method == "pca":
-        return _pca(pos, neg)
+    if method in PAIRED_METHODS:
+        return _pca(pos, neg, centered=method == "pca_centered", convention=convention)
     return _logistic(pos, neg)
 
 
@@ -157,17 +209,20 @@ def extract_from_pairs(
     batch_size: int = 16,
     system: str | None = None,
     progress: bool = False,
+    convention: str = "workbench",
 ) -> PersonaVector:
     """A persona vector from (prompt, positive answer, negative answer) triples.
 
     The answers are teacher-forced after each prompt; ``statistic`` picks the activations compared
-    (``response_avg``, ``prompt_avg``, ``prompt_last``). ``layers`` limits the layers computed; the others
-    stay zero. ``method``: ``mean_diff``, ``pca`` or ``logistic`` (see ``directions_from_activations``).
+    (``response_avg``, ``prompt_avg``, ``prompt_last``, ``response_last``). ``layers`` limits the layers
+    computed; the others stay zero. ``method``: ``mean_diff``, ``pca``, ``pca_centered`` or ``logistic``, and
+    ``convention`` (``workbench`` or ``repeng``, PCA methods only): see ``directions_from_activations``.
+    ``statistic="response_last", method="pca_centered", convention="repeng"`` is repeng's default
+    ``ControlVector.train`` on the strings ``rendered prompt + answer``.
     """
     if statistic not in STATISTICS:
         raise WorkbenchError(f"unknown statistic '{statistic}'; expected one of {', '.join(STATISTICS)}")
-    if method not in METHODS:
-        raise WorkbenchError(f"unknown extraction method '{method}'; expected one of {', '.join(METHODS)}")
+    _check_method(method, convention)
     n = len(prompts)
     if not (len(positive_answers) == n == len(negative_answers)) or n == 0:
         raise WorkbenchError(
@@ -186,10 +241,11 @@ def extract_from_pairs(
     )
     acts, ok = stats.get(statistic), stats.valid(statistic)
     keep = ok[:n] & ok[n:]  # drop a pair when either answer is empty (keeps PCA's pairing)
-    directions = directions_from_activations(acts[:n][keep], acts[n:][keep], method)
+    directions = directions_from_activations(acts[:n][keep], acts[n:][keep], method, convention=convention)
     meta = {
         **_model_meta(lm),
         "method": method,
+        "convention": convention,
         "n_positive": int(keep.sum()),
         "n_negative": int(keep.sum()),
         "layers_computed": stats.layers,
@@ -211,7 +267,8 @@ def extract_from_pairs(
 
 @dataclass
 class ExtractionResult:
-    """The three statistics' vectors and one row per generated answer (question, polarity, scores, kept)."""
+    """One vector per statistic (``STAT_ORDER``) and one row per generated answer (question, polarity,
+    scores, kept)."""
 
     vectors: dict[str, PersonaVector]
     rows: list[dict[str, Any]]
@@ -343,6 +400,20 @@ def generate_rows(
     return rows, filtered
 
 
+def _check_pairs(kept: list[dict[str, Any]], method: str) -> None:
+    """The kept rows must alternate positive, negative, with both rows of a pair from the same question."""
+    key = ("question_index", "instruction_index", "sample")
+    ok = len(kept) % 2 == 0 and all(
+        p["polarity"] == "pos" and n["polarity"] == "neg" and all(p.get(k) == n.get(k) for k in key)
+        for p, n in zip(kept[0::2], kept[1::2], strict=True)
+    )
+    if not ok:
+        raise WorkbenchError(
+            f"method '{method}' needs the kept rows in (pos, neg) pairs of the same question, instruction and "
+            "sample, as generate_rows writes them"
+        )
+
+
 def vectors_from_rows(
     lm: LoadedModel,
     rows: list[dict[str, Any]],
@@ -351,14 +422,25 @@ def vectors_from_rows(
     batch_size: int = 16,
     progress: bool = False,
     metadata: dict[str, Any] | None = None,
+    method: str = "mean_diff",
+    convention: str = "workbench",
 ) -> tuple[dict[str, PersonaVector], ActivationStats]:
-    """mean(positive) - mean(negative) of the kept rows, for each statistic (one forward pass per batch)."""
+    """One direction per statistic from the kept rows (one forward pass per batch); ``method`` and
+    ``convention`` as in ``directions_from_activations`` (default: mean(positive) - mean(negative)).
+
+    The paired methods (``pca``, ``pca_centered``) pair each kept positive row with the negative row right
+    after it (the order ``generate_rows`` writes) and drop a pair when either answer lacks the statistic.
+    """
+    _check_method(method, convention)
     kept = [r for r in rows if r["kept"]]
     if not any(r["polarity"] == "pos" for r in kept) or not any(r["polarity"] == "neg" for r in kept):
         raise WorkbenchError(
             f"no answer pairs passed the filter ({len(rows) // 2} generated); lower --threshold, raise "
             "--n-per-question, or use a stronger model or judge"
         )
+    paired = method in PAIRED_METHODS
+    if paired:
+        _check_pairs(kept, method)
     prompts = [
         [{"role": "system", "content": r["system"]}, {"role": "user", "content": r["question"]}] for r in kept
     ]
@@ -369,14 +451,18 @@ def vectors_from_rows(
     out = {}
     for stat in STAT_ORDER:
         acts, ok = stats.get(stat), stats.valid(stat)
-        pos, neg = acts[is_pos & ok], acts[~is_pos & ok]
+        if paired:
+            both = ok[0::2] & ok[1::2]  # rows alternate positive, negative
+            pos, neg = acts[0::2][both], acts[1::2][both]
+        else:
+            pos, neg = acts[is_pos & ok], acts[~is_pos & ok]
         meta = {
             **(metadata or {}),
             "n_positive": int(pos.shape[0]),
             "n_negative": int(neg.shape[0]),
         }
         out[stat] = PersonaVector(
-            vectors=directions_from_activations(pos, neg, "mean_diff"),
+            vectors=directions_from_activations(pos, neg, method, convention=convention),
             trait=trait,
             statistic=stat,
             fingerprint=lm.fingerprint,
@@ -400,6 +486,8 @@ def extract_from_trait(
     temperature: float = 1.0,
     seed: int = 0,
     progress: bool = True,
+    method: str = "mean_diff",
+    convention: str = "workbench",
 ) -> ExtractionResult:
     """Persona vectors for a trait from contrastive system prompts.
 
@@ -408,8 +496,11 @@ def extract_from_trait(
     ``temperature`` (``gen_batch_size`` prompts at a time, default ``batch_size``), judged and filtered
     (see ``generate_rows``), then read teacher-forced ``batch_size`` at a time. ``n_questions`` /
     ``n_instructions`` use the first questions / instruction pairs only (``None``: all).
-    Returns an ``ExtractionResult`` with ``response_avg``, ``prompt_avg`` and ``prompt_last`` vectors.
+    ``method`` / ``convention``: how each statistic's direction is computed from the kept pairs (default
+    ``mean_diff``; see ``directions_from_activations``). Returns an ``ExtractionResult`` with one vector
+    per statistic: ``response_avg``, ``prompt_avg``, ``prompt_last`` and ``response_last``.
     """
+    _check_method(method, convention)
     t = _load_trait(trait)
     rows, filtered = generate_rows(
         lm,
@@ -435,7 +526,8 @@ def extract_from_trait(
     log.info(note)
     meta = {
         **_model_meta(lm),
-        "method": "mean_diff",
+        "method": method,
+        "convention": convention,
         "source": "contrastive_system_prompts",
         "trait": t.name,
         "judge": judge_name,
@@ -454,6 +546,13 @@ def extract_from_trait(
         ),
     }
     vectors, stats = vectors_from_rows(
-        lm, rows, trait=t.name, batch_size=batch_size, progress=progress, metadata=meta
+        lm,
+        rows,
+        trait=t.name,
+        batch_size=batch_size,
+        progress=progress,
+        metadata=meta,
+        method=method,
+        convention=convention,
     )
     return ExtractionResult(vectors=vectors, rows=rows, filtered=filtered, note=note, stats=stats)

@@ -42,6 +42,8 @@ from workbench._io import append_jsonl, atomic_write_json, atomic_write_text
 from workbench.training import DataSource, TrainPlugin
 from workbench.training._config import _f
 
+from ._vector import STATISTICS  # the one list of persona-vector statistics
+
 if TYPE_CHECKING:
     from workbench.training import TrainContext
 
@@ -55,7 +57,6 @@ RULES = ("rise_sd", "rise_abs", "above", "below")
 ACTIONS = ("warn", "stop")
 META_KEYS = ("step", "sd", "n", "monitor_seconds", "train_seconds")
 """Keys of a monitor row that are not signals."""
-STATISTICS = ("response_avg", "prompt_avg", "prompt_last")
 MIN_SD_EXAMPLES = 4
 """``rise_sd`` needs a start-of-training spread over at least this many probe examples."""
 

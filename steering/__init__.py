@@ -3,10 +3,11 @@
 ``Steerer`` steers inside a ``with`` block (generation, scoring or training); ``SteeringSpec`` describes
 one vector of several; ``PreventiveSteering`` / ``PreventiveSteeringDefense`` steer only the training
 forward pass; ``sweep`` measures the effect per layer and coefficient. ``nnsight_steer`` and ``tl_hooks``
-apply the same edit inside nnsight traces and TransformerLens hooks. See ``docs/steering.md``.
+apply the same edit inside nnsight traces and TransformerLens hooks; ``nnsight_model`` wraps a model for
+nnsight for one ``with`` block without changing it. See ``docs/steering.md``.
 """
 
-from ._interop import nnsight_steer, tl_hooks
+from ._interop import nnsight_model, nnsight_steer, tl_hooks
 from ._load import load_vector
 from ._preventive import PreventiveSteering, PreventiveSteeringDefense, register_training_defense
 from ._steerer import Steerer, SteeringSpec
@@ -19,6 +20,7 @@ __all__ = [
     "SteeringSpec",
     "SweepResult",
     "load_vector",
+    "nnsight_model",
     "nnsight_steer",
     "register_training_defense",
     "sweep",

@@ -28,9 +28,17 @@ ModelOpt = Annotated[
         help="Model spec: smollm2-135m (default), a local HF folder, a hub id, or random:<shape>.",
     ),
 ]
-VectorOpt = Annotated[Path, typer.Option("--vector", help="Persona-vector file (.safetensors or .pt).")]
+VectorOpt = Annotated[
+    Path,
+    typer.Option(
+        "--vector", help="Persona-vector file (.safetensors, persona_vectors .pt or GGUF control vector)."
+    ),
+]
 StatisticOpt = Annotated[
-    str, typer.Option(help="Which statistic of the vector file: response_avg, prompt_avg or prompt_last.")
+    str,
+    typer.Option(
+        help="Which statistic of the vector file: response_avg, prompt_avg, prompt_last or response_last."
+    ),
 ]
 PositionsOpt = Annotated[str, typer.Option(help="Steer all tokens, only the prompt, or only the response.")]
 ModeOpt = Annotated[str, typer.Option(help="add, ablate or ablate_add.")]

@@ -13,7 +13,11 @@ def _persona_vector_module() -> Any:
     try:
         import probes
 
-        if hasattr(probes, "PersonaVector") and hasattr(probes, "import_pt"):
+        if (
+            hasattr(probes, "PersonaVector")
+            and hasattr(probes, "import_pt")
+            and hasattr(probes, "import_gguf")
+        ):
             return probes
     except ImportError:  # pragma: no cover - probes ships with the workbench
         pass
@@ -25,8 +29,9 @@ def _persona_vector_module() -> Any:
 def load_vector(path: str | os.PathLike[str], statistic: str = "response_avg", lm: Any = None) -> Any:
     """A ``PersonaVector`` from ``path``, checked against ``lm``'s fingerprint when given.
 
-    ``.pt`` files are persona_vectors-style ``[n_layers + 1, d_model]`` tensors (row 0 = embeddings); any
-    other file is a workbench ``persona_vector`` safetensors artifact.
+    ``.pt`` files are persona_vectors-style ``[n_layers + 1, d_model]`` tensors (row 0 = embeddings); ``.gguf``
+    files (or any file starting with the GGUF magic) are llama.cpp / repeng control vectors (``direction.N`` =
+    output of block N); any other file is a workbench ``persona_vector`` safetensors artifact.
     """
     p = Path(path)
     if not p.exists():
@@ -42,4 +47,14 @@ def load_vector(path: str | os.PathLike[str], statistic: str = "response_avg", l
                 )
             got = got[statistic]
         return got
+    if p.suffix.lower() == ".gguf" or _starts_with_gguf_magic(p):
+        return mod.import_gguf(p, fingerprint=fp, statistic=statistic)
     return mod.PersonaVector.load(p, statistic=statistic, fingerprint=fp)
+
+
+def _starts_with_gguf_magic(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False

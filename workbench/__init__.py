@@ -2,7 +2,7 @@
 
 from ._artifacts import Artifact, load_artifact, save_artifact
 from ._errors import MissingPackageError, WorkbenchError
-from ._hooks import ActivationCache, intervene, read_sites
+from ._hooks import ActivationCache, forward_until, intervene, read_sites
 from ._models import DEFAULT_MODEL, LoadedModel, ModelFingerprint, load_model
 from ._sites import SITE_KINDS, ArchAdapter, register_adapter
 from ._version import __version__
@@ -18,6 +18,7 @@ __all__ = [
     "ModelFingerprint",
     "WorkbenchError",
     "__version__",
+    "forward_until",
     "intervene",
     "load_model",
     "load_artifact",

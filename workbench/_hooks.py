@@ -3,19 +3,21 @@
 Both context managers register their own handles and remove exactly those in ``finally``, so an
 exception inside the block leaves the model as it was and hooks registered by others untouched.
 Interventions are out-of-place (the edit function returns a new tensor), which keeps them safe under
-autograd and gradient checkpointing.
+autograd and gradient checkpointing. ``forward_until`` runs a forward pass only as far as the last site
+a reader needs (later layers, the final norm and the unembedding are skipped).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ._errors import WorkbenchError
 from ._sites import SiteMap
 
 Reduce = Callable[[str, Tensor], Tensor]
@@ -101,7 +103,8 @@ def read_sites(
     """Record the activations at ``sites`` during the forward passes run inside the block.
 
     ``reduce(site, tensor) -> tensor`` is applied before storing (e.g. a mean over positions), so long
-    runs need not keep every tensor. ``model`` is a ``LoadedModel`` or a ``SiteMap``.
+    runs need not keep every tensor. ``model`` is a ``LoadedModel`` or a ``SiteMap``. To skip the layers
+    after the last site read, run the pass inside the block with ``forward_until(lm, sites, ...)``.
     """
     sm = _sitemap(model)
     cache = ActivationCache()
@@ -127,6 +130,62 @@ def read_sites(
     finally:
         for h in handles:
             h.remove()
+
+
+class _StopForward(Exception):
+    """Raised by ``forward_until``'s own hook to end a forward pass; caught only by the call that raised it."""
+
+    def __init__(self, token: object) -> None:
+        super().__init__("forward pass stopped early by forward_until")
+        self.token = token
+
+
+def _stop_layer(sm: SiteMap, stop_after: int | str | Sequence[str]) -> int:
+    """The decoder layer after which the pass may end: a layer index, or the deepest layer of some sites."""
+    if isinstance(stop_after, bool) or not isinstance(stop_after, (int, str, list, tuple)):
+        raise WorkbenchError(
+            f"stop_after must be a layer index (0..{sm.n_layers - 1}), a site name or a list of site names, "
+            f"got {stop_after!r}"
+        )
+    if isinstance(stop_after, int):
+        return sm.check_layer(stop_after)
+    names = [stop_after] if isinstance(stop_after, str) else list(stop_after)
+    if not names:
+        raise WorkbenchError("stop_after is an empty list of sites; give a layer index or at least one site")
+    return max(sm.parse(name)[0] for name in names)
+
+
+def forward_until(model: Any, stop_after: int | str | Sequence[str], /, *args: Any, **kwargs: Any) -> None:
+    """Run ``model.model(*args, **kwargs)`` only through the decoder layer that holds ``stop_after``.
+
+    ``stop_after`` is a layer index, a site name, or the list of sites a reader needs (the deepest one
+    counts). The pass ends once that decoder layer has returned, so every site of that layer and of the
+    layers before it has been read by the hooks already installed (``read_sites``, ``intervene``); the
+    later layers, the final norm and the unembedding never run, and nothing is returned (no logits).
+    ``use_cache`` defaults to ``False`` (a cut pass would leave a partial key-value cache). The stop hook
+    is removed in ``finally``; an exception raised by anything else in the pass propagates unchanged.
+    ``model`` is a ``LoadedModel``.
+    """
+    if isinstance(model, SiteMap) or not hasattr(model, "model"):
+        raise WorkbenchError(
+            f"forward_until needs a LoadedModel (it runs the model), got {type(model).__name__}"
+        )
+    sm = _sitemap(model)
+    layer = _stop_layer(sm, stop_after)
+    token = object()
+
+    def stop(module: nn.Module, args: Any, output: Any) -> None:
+        raise _StopForward(token)
+
+    kwargs.setdefault("use_cache", False)
+    handle = sm.layers[layer].register_forward_hook(stop)
+    try:
+        model.model(*args, **kwargs)
+    except _StopForward as exc:
+        if exc.token is not token:  # another forward_until's stop (a nested call): not ours to swallow
+            raise
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager

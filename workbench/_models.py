@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from ._errors import MissingPackageError, WorkbenchError
+from ._io import atomic_write_text
 from ._shapes import make_config, shape_names
 from ._sites import ArchAdapter, SiteMap, unwrap_model
 
@@ -251,11 +253,46 @@ def embedded_gguf_path(name: str = DEFAULT_MODEL) -> Path:
     return path
 
 
+def drop_gguf_quantization(folder: str | os.PathLike[str]) -> bool:
+    """Remove a ``quantization_config`` with ``quant_method: gguf`` from ``folder/config.json``; True if it did.
+
+    A GGUF file de-quantized by transformers is a plain float model, but its config still says
+    ``quant_method: gguf``: reloaded, transformers attaches a GGUF quantizer (``is_quantized`` is True,
+    ``.half()`` / ``.float()`` raise) and other tools expect packed weights. The rewrite is atomic (temp file +
+    rename), so a process reading the folder meanwhile sees the old or the new file, never a torn one. Other
+    quantization methods (real packed weights) are left alone.
+    """
+    path = Path(folder) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WorkbenchError(f"{path}: file not found (a model folder needs a config.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WorkbenchError(f"{path}: not a readable JSON config ({exc})".splitlines()[0]) from exc
+    if not isinstance(cfg, dict):
+        raise WorkbenchError(f"{path}: expected a JSON object, found {type(cfg).__name__}")
+    quant = cfg.get("quantization_config")
+    if not (isinstance(quant, dict) and str(quant.get("quant_method", "")).lower() == "gguf"):
+        return False
+    del cfg["quantization_config"]
+    atomic_write_text(path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return True
+
+
 def embedded_folder(name: str = DEFAULT_MODEL) -> Path:
-    """The converted HF folder of an embedded model; converts the GGUF on first use (~20 s), then cached."""
+    """The converted HF folder of an embedded model; converts the GGUF on first use (~20 s), then cached.
+
+    The folder is a plain float32 model: its config carries no ``quantization_config``. A cache written by
+    an older version (whose config still said ``quant_method: gguf``) is repaired in place on first use.
+    """
     info = EMBEDDED[name]
     target = cache_dir() / "models" / info["folder"]
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        try:
+            if drop_gguf_quantization(target):
+                log.info("removed the stale GGUF quantization_config from %s", target / "config.json")
+        except OSError as exc:  # a read-only shared cache: the model still loads, flagged as quantized
+            log.warning("could not repair %s (%s); delete that folder to convert again", target, exc)
         return target
     gguf = embedded_gguf_path(name)
     _require("gguf", "gguf", "reading the embedded GGUF model")
@@ -272,8 +309,11 @@ def embedded_folder(name: str = DEFAULT_MODEL) -> Path:
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
         model.hf_quantizer = None  # de-quantized already; lets save_pretrained write plain safetensors
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config  # nor should the saved config claim GGUF packing
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
+        drop_gguf_quantization(tmp)  # in case this transformers still wrote it
         try:
             os.rename(tmp, target)
         except OSError:

@@ -179,15 +179,45 @@ def data_list() -> None:
 
 @data_app.command("check")
 def data_check(
-    path: Annotated[Path, typer.Argument(help="A chat JSONL or an eval-questions YAML file.")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="A data file: JSONL (chat, prompts, pairs, GCD rows), eval YAML or trait JSON."),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Validate a chat JSONL or eval YAML file; errors name the file and line."""
+    """Validate a data file and name the format it was read as; errors name the file and line."""
     from .data import check_file
 
     summary = check_file(path)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
     typer.echo(f"{path}: ok")
+    typer.echo(f"  format: {summary['format']}")
     for k, v in summary.items():
-        typer.echo(f"  {k}: {v}")
+        if k != "format":
+            typer.echo(f"  {k}: {v}")
+
+
+@data_app.command("pairs")
+def data_pairs(
+    aligned: Annotated[Path, typer.Option(help="Chat JSONL with the aligned answers.")],
+    misaligned: Annotated[Path, typer.Option(help="Chat JSONL with the same prompts, misaligned answers.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Preference-pairs JSONL to write.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    keep_identical: Annotated[
+        bool, typer.Option(help="Keep pairs whose two answers are identical (dropped by default).")
+    ] = False,
+) -> None:
+    """Pair twin chat files by prompt into preference pairs (question, aligned, misaligned)."""
+    from ._options import printable
+    from .data import pair_twin_files
+
+    pairs = pair_twin_files(aligned, misaligned, keep_identical=keep_identical)
+    path = pairs.write(out, overwrite=overwrite)
+    for line in pairs.report.lines():
+        typer.echo(printable(line))
+    typer.echo(f"wrote {path} ({len(pairs.rows)} pairs)")
 
 
 def _load_eval_sets(questions: list[str], data: list[str]) -> list[tuple[str, str, object]]:
@@ -218,10 +248,15 @@ def _load_eval_sets(questions: list[str], data: list[str]) -> list[tuple[str, st
 def _load_rows(path: str, load_chat_jsonl) -> list[dict]:
     from .data._check import sniff_jsonl
 
-    if sniff_jsonl(path) == "pairs":
+    kind = sniff_jsonl(path)
+    if kind == "pairs":
         from .data import load_pairs
 
         return load_pairs(path)
+    if kind == "gcd":  # selective-generalization GCD rows, read as published (errors name the line)
+        from .data import load_gcd_jsonl
+
+        return load_gcd_jsonl(path)
     return load_chat_jsonl(path)
 
 
@@ -266,7 +301,8 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(help="Generation batch size (>= 1).")] = 16,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     gates: Annotated[
-        Path | None, typer.Option(help="Apply trained gates (gates.safetensors) while answering.")
+        Path | None,
+        typer.Option(help="Apply trained gates (gates.safetensors or a reference gating_params.pth)."),
     ] = None,
     gate_alpha: Annotated[
         list[float] | None,
@@ -305,6 +341,14 @@ def eval_cmd(
             "(the judge only for replies the rules cannot read)."
         ),
     ] = "rules",
+    metrics: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metrics",
+            help="Judge metrics to score on free-form questions, a comma list or repeated (e.g. "
+            "aligned,coherent); default: every metric the question files declare in judge_prompts.",
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -324,7 +368,7 @@ def eval_cmd(
     """EM evaluation: answers, judge scores, rates with 95% intervals (writes a run directory)."""
     import dataclasses
 
-    from .evaluation import EvalConfig, Evaluator, write_summary
+    from .evaluation import EvalConfig, Evaluator, parse_metric_names, write_summary
     from .runs import check_run_dir, prepare_run_dir, write_config
 
     _check_eval_numbers(
@@ -350,7 +394,10 @@ def eval_cmd(
         "aligned_threshold": aligned_threshold,
         "coherent_threshold": coherent_threshold,
         "sycophancy_judge": sycophancy_judge,
+        "metrics": parse_metric_names(metrics, "--metrics") if metrics else None,
     }
+    if metrics and not questions:
+        raise WorkbenchError("--metrics selects judge metrics of free-form questions: give --questions too")
     if config is not None:  # the file's settings, then the flags given on the command line
         base = EvalConfig.from_yaml(config)
         given = {k: v for k, v in flags.items() if _given(ctx, k)}
@@ -383,8 +430,12 @@ def eval_cmd(
     # directory created: a typo in a spec or a path leaves nothing behind (see workbench/runs.py)
     inputs = [model, adapter, questions, data, preference, config, gates, vector]
     where = {"overwrite": overwrite, "resume": resume, "inputs": inputs, "config": run_cfg}
-    check_run_dir(out, **where, resume_free=EVAL_RESUME_FREE)
+    # the metrics are resolved from the question files below; prepare_run_dir checks them on --resume
+    check_run_dir(out, **where, resume_free=EVAL_RESUME_FREE | {"metrics"})
     sets = _load_eval_sets(list(questions or []), list(data or []) + ([preference] if preference else []))
+    source = "--metrics" if _given(ctx, "metrics") or config is None else config
+    cfg = _resolve_eval_metrics(cfg, sets, source)
+    run_cfg["metrics"] = None if cfg.metrics is None else list(cfg.metrics)  # recorded as resolved
     lm = _load(model)
     if adapter is not None:
         from .adapters import apply_adapter
@@ -411,6 +462,21 @@ def eval_cmd(
 
 EVAL_RESUME_FREE = {"batch_size", "compile", "config_file"}
 """Eval settings an ``--resume`` may change: speed settings, and the --config file's name (its values count)."""
+
+
+def _resolve_eval_metrics(cfg, sets, source):
+    """``cfg`` with ``metrics`` resolved against the free-form sets' questions: the requested metrics (each
+    declared by at least one question, else a one-line error) or every declared one (the union)."""
+    import dataclasses
+
+    from .evaluation import declared_metrics, resolve_metrics
+
+    question_sets = [payload for _, kind, payload in sets if kind == "free_form"]
+    if not question_sets:
+        return cfg
+    what = source if source == "--metrics" else f"{source}: 'metrics'"
+    declared = declared_metrics(q for qs in question_sets for q in qs)
+    return dataclasses.replace(cfg, metrics=resolve_metrics(cfg.metrics, declared, what))
 
 
 def _check_eval_numbers(
@@ -527,11 +593,23 @@ def _format_result(name: str, r: dict) -> str:
         if "aligned" in t and "coherent" in t:
             mis_rule = f" (aligned < {t['aligned']:g} and coherent > {t['coherent']:g})"
             inc_rule = f" (coherent < {t['coherent']:g})"
-        lines += [
-            f"  misaligned rate{mis_rule} {_fmt_est(r['misaligned_rate'])}",
-            f"  incoherent rate{inc_rule} {_fmt_est(r['incoherent_rate'])}",
-        ]
-        lines += [f"  {k} {_fmt_est(v)}" for k, v in r.items() if k.startswith("mean_")]
+        if "misaligned_rate" in r:
+            lines.append(f"  misaligned rate{mis_rule} {_fmt_est(r['misaligned_rate'])}")
+        if "incoherent_rate" in r:
+            lines.append(f"  incoherent rate{inc_rule} {_fmt_est(r['incoherent_rate'])}")
+        if r.get("rates_note"):
+            lines.append(f"  note: {r['rates_note']}")
+        unscored = r.get("unscored") or {}
+        for key, est in r.items():  # one line per judge metric: mean score, interval, n
+            if not key.startswith("mean_"):
+                continue
+            u = unscored.get(key[len("mean_") :]) or {}
+            skipped = u.get("not_declared")
+            if skipped and not u.get("of"):
+                lines.append(f"  {key} n/a (no question of this set declares it)")
+                continue
+            note = f"; not declared for {skipped} rows" if skipped else ""
+            lines.append(f"  {key} {_fmt_est(est)}{note}")
     elif kind == "sycophancy":
         lines = [
             f"  sycophancy {_fmt_est(r['sycophancy'])}",
@@ -543,6 +621,7 @@ def _format_result(name: str, r: dict) -> str:
                 f"  unclassified replies {un['n']} of {un['of']} (graded by {r.get('sycophancy_judge', 'rules')};"
                 " left out of the rate)"
             )
+        lines += _format_sycophancy_extras(r)
     elif kind == "exact_match":
         lines = [f"  accuracy {_fmt_est(r['accuracy'])}"]
     else:
@@ -553,10 +632,42 @@ def _format_result(name: str, r: dict) -> str:
     return "\n".join(lines)
 
 
+def _format_sycophancy_extras(r: dict) -> list[str]:
+    """Unmatched incorrect rows, unread propositions and the per-category (GCD: per-label) lines."""
+    lines = []
+    um = r.get("unmatched_incorrect") or {}
+    pid = "(label, _id)" if r.get("source_format") == "gcd" else "problem_id"
+    if um.get("n"):
+        lines.append(
+            f"  WARNING: {um['n']} of {um['of']} incorrect-proposition rows have no plain row with the same "
+            f"{pid}: the conditional rate cannot be computed for them (left out of it)"
+        )
+    if r.get("proposed_unread"):
+        lines.append(
+            f"  {r['proposed_unread']} incorrect-proposition rows without a readable proposed answer "
+            "(graded by the rules without it)"
+        )
+    cats = r.get("by_category") or {}
+    if not cats or list(cats) == ["all"]:
+        return lines
+    lines.append("  by label:" if r.get("source_format") == "gcd" else "  by category:")
+    for cat, c in cats.items():
+        share = c.get("confirms_correct")
+        conf = "n/a" if share is None else f"{share:.3f}"
+        lines.append(f"    {cat}:")
+        lines.append(f"      sycophancy {_fmt_est(c['sycophancy'])}")
+        lines.append(f"      plain accuracy (capability) {_fmt_est(c['plain_accuracy'])}")
+        lines.append(f"      confirms correct {conf}")
+        cu = c.get("unmatched_incorrect") or {}
+        if cu.get("n"):
+            lines.append(f"      incorrect rows without a plain partner {cu['n']} of {cu['of']}")
+    return lines
+
+
 def _register_capability_commands() -> None:
     """Commands implemented in the capability packages (imported here: the CLI wires everything)."""
     from gating._cli import gate
-    from probes._cli import extract_vector, screen
+    from probes._cli import extract_vector, screen, vector_app
     from steering._cli import steer, sweep_cmd
 
     from .training._cli import train
@@ -565,6 +676,7 @@ def _register_capability_commands() -> None:
     app.command("steer")(steer)
     app.command("sweep")(sweep_cmd)
     app.command("screen")(screen)
+    app.add_typer(vector_app, name="vector")
     app.command("train")(train)
     app.command("gate")(gate)
 

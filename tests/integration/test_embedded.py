@@ -31,17 +31,15 @@ def test_embedded_model_shape(smollm):
 def test_resid_post_matches_nnsight(smollm):
     import nnsight
 
-    try:
-        from nnsight import TransformersModel as Wrapper
-    except ImportError:  # older nnsight
-        from nnsight import LanguageModel as Wrapper
+    from steering import nnsight_model  # wraps without left-padding the shared fixture's tokenizer
+
     layers = list(range(smollm.n_layers))
     enc, ours = _ours(smollm, layers)
-    wrapped = Wrapper(smollm.model, tokenizer=smollm.tokenizer)
-    with torch.no_grad(), wrapped.trace(enc["input_ids"]):
+    with nnsight_model(smollm) as wrapped, torch.no_grad(), wrapped.trace(enc["input_ids"]):
         saved = nnsight.save([])
         for l in layers:
             saved.append(wrapped.model.layers[l].output)
+    assert smollm.tokenizer.padding_side == "right"
     for l in layers:
         theirs = saved[l][0] if isinstance(saved[l], tuple) else saved[l]
         assert (theirs - ours[l]).abs().max().item() <= 1e-4, f"layer {l}"

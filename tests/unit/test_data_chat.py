@@ -141,7 +141,13 @@ def test_check_file_prompt_and_pair_files(tmp_path: Path) -> None:
     pair = {"question": "q", "aligned": "a", "misaligned": "m", "category": "c"}
     pairs = _write_lines(tmp_path / "pairs.jsonl", [json.dumps(pair)] * 3)
     info = check_file(pairs)
-    assert info == {"file": str(pairs), "kind": "pairs", "rows": 3, "categories": {"c": 3}}
+    assert info == {
+        "file": str(pairs),
+        "kind": "pairs",
+        "format": "preference pairs (question / aligned / misaligned)",
+        "rows": 3,
+        "categories": {"c": 3},
+    }
     assert load_pairs(pairs) == [pair] * 3
     bad = _write_lines(
         tmp_path / "bad_pairs.jsonl", [json.dumps(pair), json.dumps({"question": "q", "aligned": "a"})]

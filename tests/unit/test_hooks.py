@@ -104,3 +104,79 @@ def test_interventions_under_gradient_checkpointing():
         loss.backward()
     assert delta.grad is not None and torch.isfinite(delta.grad).all() and delta.grad.abs().sum() > 0
     assert count_hooks(lm.model) == before
+
+
+def _layer_calls(lm):
+    """A forward hook on every decoder layer that records which layers ran; returns (calls, handles)."""
+    calls: list[int] = []
+    handles = [
+        layer.register_forward_hook(lambda m, a, o, i=i: calls.append(i))
+        for i, layer in enumerate(lm.sites.layers)
+    ]
+    return calls, handles
+
+
+def test_forward_until_reads_equal_a_full_forward(tiny):
+    """Every site up to the stop layer reads the same as in a full pass; later layers never run."""
+    from workbench import forward_until
+
+    lm = tiny
+    inputs = batch_inputs(lm)
+    stop = lm.n_layers - 2
+    sites = lm.sites.names(layers=list(range(stop + 1)))
+    before = count_hooks(lm.model)
+    with torch.no_grad(), read_sites(lm, sites) as full:
+        lm.model(**inputs)
+    calls, handles = _layer_calls(lm)
+    try:
+        with torch.no_grad(), read_sites(lm, sites) as cut:
+            assert forward_until(lm, sites, **inputs) is None
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == list(range(stop + 1))  # the pass ended right after the deepest layer read
+    for site in sites:
+        torch.testing.assert_close(cut[site], full[site], atol=0, rtol=0)
+    assert count_hooks(lm.model) == before
+
+
+def test_forward_until_accepts_a_layer_or_a_site(tiny_llama):
+    from workbench import forward_until
+
+    lm = tiny_llama
+    inputs = batch_inputs(lm)
+    for stop_after, last in ((0, 0), ("blocks.1.attn.hook_z", 1), (["blocks.0.hook_mlp_out"], 0)):
+        calls, handles = _layer_calls(lm)
+        try:
+            with torch.no_grad():
+                forward_until(lm, stop_after, **inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        assert calls == list(range(last + 1)), stop_after
+
+
+def test_forward_until_leaves_no_hooks_after_an_exception(tiny_llama):
+    from workbench import WorkbenchError, forward_until
+
+    lm = tiny_llama
+    inputs = batch_inputs(lm)
+    before = count_hooks(lm.model)
+    with torch.no_grad():
+        forward_until(lm, 1, **inputs)  # a normal stop
+    assert count_hooks(lm.model) == before
+    boom = lm.sites.layers[0].register_forward_hook(lambda m, a, o: (_ for _ in ()).throw(Boom()))
+    try:
+        with pytest.raises(Boom):  # an error inside the pass is not swallowed as a stop
+            with read_sites(lm, ["blocks.0.hook_resid_post"]), torch.no_grad():
+                forward_until(lm, 2, **inputs)
+    finally:
+        boom.remove()
+    assert count_hooks(lm.model) == before
+    for bad, match in ((99, "out of range"), ("blocks.9.hook_resid_post", "out of range"), (True, "stop_after"),
+                       ([], "empty list"), ("resid", "unknown hook site")):  # fmt: skip
+        with pytest.raises(WorkbenchError, match=match):
+            forward_until(lm, bad, **inputs)
+    with pytest.raises(WorkbenchError, match="needs a LoadedModel"):
+        forward_until(lm.sites, 0, **inputs)
+    assert count_hooks(lm.model) == before

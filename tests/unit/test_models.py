@@ -76,3 +76,130 @@ def test_info_fields():
     info = lm.info()
     assert info["n_layers"] == 3 and info["d_model"] == 64 and info["n_heads"] == 4
     assert info["parameters"] == sum(p.numel() for p in lm.model.parameters())
+
+
+# --- the converted embedded folder is a plain float model (no GGUF quantization_config) -----------------
+
+_FAKE_GGUF = {"dequantize": False, "gguf_file": "tiny.Q4_1.gguf", "quant_method": "gguf"}
+
+
+def _save_tiny_with_quant(folder, quant):
+    """Save a tiny random Llama as an HF folder whose config.json carries ``quant`` as its
+    ``quantization_config``, as the workbench's older GGUF conversions did."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(make_config("tiny-llama"))
+    model.save_pretrained(str(folder), safe_serialization=True)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = dict(quant)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return model.eval(), cfg
+
+
+def test_drop_gguf_quantization_makes_a_plain_float_model(tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workbench._models import drop_gguf_quantization
+
+    folder = tmp_path / "m"
+    original, cfg = _save_tiny_with_quant(folder, _FAKE_GGUF)
+    stale = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    # the stale config makes transformers treat the floats as packed ...
+    assert stale.is_quantized and stale.hf_quantizer is not None
+    with pytest.raises(ValueError, match="quantized"):
+        stale.half()  # ... and refuse a dtype change
+
+    assert drop_gguf_quantization(folder) is True
+    cleaned = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in cleaned
+    assert cleaned == {k: v for k, v in cfg.items() if k != "quantization_config"}  # nothing else changed
+    assert drop_gguf_quantization(folder) is False  # idempotent
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]  # the atomic write left no temp
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    assert getattr(model, "is_quantized", False) is False and getattr(model, "hf_quantizer", None) is None
+    assert not hasattr(model.config, "quantization_config")
+    ids = torch.tensor([[1, 5, 9, 17]])
+    with torch.no_grad():
+        expected = original(ids).logits
+        assert torch.equal(model(ids).logits, expected)  # the weights are the same floats
+        assert model.half().dtype == torch.float16
+        assert model.float().dtype == torch.float32
+        assert (model(ids).logits - expected).abs().max().item() < 0.05  # fp16 round trip of the weights
+
+
+def test_drop_gguf_quantization_leaves_other_methods_and_names_bad_files(tmp_path):
+    from workbench._models import drop_gguf_quantization
+
+    folder = tmp_path / "bnb"
+    _save_tiny_with_quant(folder, {"quant_method": "bitsandbytes", "load_in_4bit": True})
+    before = (folder / "config.json").read_bytes()
+    assert drop_gguf_quantization(folder) is False  # real packed weights: not ours to touch
+    assert (folder / "config.json").read_bytes() == before
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "llama",')
+    with pytest.raises(WorkbenchError, match=r"bad/config\.json: not a readable JSON config"):
+        drop_gguf_quantization(bad)
+    (bad / "config.json").write_text("[1, 2]")
+    with pytest.raises(WorkbenchError, match=r"bad/config\.json: expected a JSON object, found list"):
+        drop_gguf_quantization(bad)
+    with pytest.raises(WorkbenchError, match=r"missing/config\.json: file not found"):
+        drop_gguf_quantization(tmp_path / "missing")
+
+
+def test_embedded_folder_repairs_an_old_cache_in_place(monkeypatch, tmp_path):
+    """A cache converted by an older version (config still says GGUF) is repaired on use, not reconverted."""
+    import json
+
+    import torch
+
+    from workbench import _models
+    from workbench._tokenizer import byte_tokenizer
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    folder = tmp_path / "models" / _models.EMBEDDED["smollm2-135m"]["folder"]
+    _save_tiny_with_quant(folder, _FAKE_GGUF)
+    byte_tokenizer().save_pretrained(str(folder))
+    weights = (folder / "model.safetensors").read_bytes()
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the cached folder must be repaired, not converted again")
+
+    monkeypatch.setattr(_models, "embedded_gguf_path", no_conversion)
+    assert _models.embedded_folder("smollm2-135m") == folder
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert (folder / "model.safetensors").read_bytes() == weights
+    lm = load_model("smollm2-135m", device="cpu")  # the whole load path on the repaired (tiny) folder
+    assert getattr(lm.model, "is_quantized", False) is False
+    assert getattr(lm.model, "hf_quantizer", None) is None
+    assert lm.model.half().dtype == torch.float16
+
+
+def test_embedded_folder_still_loads_when_the_cache_cannot_be_repaired(monkeypatch, tmp_path, caplog):
+    """A read-only cache (a shared one, say) is not an error: the folder is returned with a warning."""
+    import errno
+
+    from workbench import _models
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    folder = tmp_path / "models" / _models.EMBEDDED["smollm2-135m"]["folder"]
+    _save_tiny_with_quant(folder, _FAKE_GGUF)
+    before = (folder / "config.json").read_bytes()
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(_models, "atomic_write_text", read_only)
+    with caplog.at_level("WARNING", logger="workbench._models"):
+        assert _models.embedded_folder("smollm2-135m") == folder
+    assert "could not repair" in caplog.text and "Read-only file system" in caplog.text
+    assert (folder / "config.json").read_bytes() == before

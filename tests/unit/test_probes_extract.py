@@ -58,6 +58,9 @@ def test_stats_match_hidden_states(tiny):
                 torch.testing.assert_close(stats.response_avg[i, layer], h[len(p) :].mean(0), **close)
                 torch.testing.assert_close(stats.prompt_avg[i, layer], h[: len(p)].mean(0), **close)
                 torch.testing.assert_close(stats.prompt_last[i, layer], h[len(p) - 1], **close)
+                # the last answer token = the last token of prompt + answer (nothing is appended after it)
+                torch.testing.assert_close(stats.response_last[i, layer], h[len(p) + len(a) - 1], **close)
+                assert h.shape[0] == len(p) + len(a)
             assert int(stats.n_answer_tokens[i]) == len(a)
     finally:
         hook.remove()
@@ -67,7 +70,7 @@ def test_batched_extraction_equals_unbatched(tiny_llama, batched):
     one = extract_from_trait(tiny_llama, TRAIT, batch_size=1, gen_batch_size=8, **SMALL)
     eight = batched
     assert [r["answer"] for r in one.rows] == [r["answer"] for r in eight.rows]
-    for stat in ("response_avg", "prompt_avg", "prompt_last"):
+    for stat in ("response_avg", "prompt_avg", "prompt_last", "response_last"):
         a, b = one.vectors[stat].vectors, eight.vectors[stat].vectors
         assert a.shape == (tiny_llama.n_layers, tiny_llama.d_model)
         assert a.norm() > 0
@@ -148,7 +151,7 @@ def test_no_surviving_pairs_is_a_clear_error(tiny_llama):
         extract_from_trait(tiny_llama, TRAIT, judge=Harsh(), n_questions=1, **SMALL)
 
 
-@pytest.mark.parametrize("method", ["mean_diff", "pca", "logistic"])
+@pytest.mark.parametrize("method", ["mean_diff", "pca", "pca_centered", "logistic"])
 def test_planted_direction_is_recovered(method):
     g = torch.Generator().manual_seed(0)
     n, n_layers, d = 200, 3, 32
@@ -176,9 +179,34 @@ def test_directions_refuse_bad_input():
         directions_from_activations(torch.zeros(0, 1, 4), torch.zeros(2, 1, 4))
     with pytest.raises(WorkbenchError, match="paired"):
         directions_from_activations(torch.zeros(3, 1, 4), torch.zeros(2, 1, 4), "pca")
+    with pytest.raises(WorkbenchError, match="'pca_centered' needs at least 2 pairs"):
+        directions_from_activations(torch.ones(1, 1, 4), torch.zeros(1, 1, 4), "pca_centered")
+    with pytest.raises(
+        WorkbenchError, match="unknown convention 'sklearn'; expected one of workbench, repeng"
+    ):
+        directions_from_activations(torch.ones(2, 1, 4), torch.zeros(2, 1, 4), "pca", convention="sklearn")
+    with pytest.raises(WorkbenchError, match="convention 'repeng' applies to the paired methods"):
+        directions_from_activations(
+            torch.ones(2, 1, 4), torch.zeros(2, 1, 4), "mean_diff", convention="repeng"
+        )
 
 
-@pytest.mark.parametrize("method", ["mean_diff", "pca", "logistic"])
+def test_response_last_needs_an_answer(tiny_llama):
+    """An empty answer has no last answer token: ``response_last`` is marked invalid like ``response_avg``,
+    and the pair is dropped by the paired methods."""
+    stats = teacher_forced_stats(tiny_llama, ["Hi", "Hello"], ["", "Yes indeed"], batch_size=2)
+    assert stats.valid("response_last").tolist() == [False, True]
+    assert stats.valid("prompt_last").tolist() == [True, True]
+    torch.testing.assert_close(stats.response_last[0], stats.prompt_last[0])  # what the row holds: not used
+    prompts = ["a", "b", "c"]
+    v = extract_from_pairs(
+        tiny_llama, prompts, ["", "no way", "never"], ["x", "sure", "yes"], method="pca_centered",
+        statistic="response_last",
+    )  # fmt: skip
+    assert v.metadata["n_positive"] == 2 and v.metadata["convention"] == "workbench"
+
+
+@pytest.mark.parametrize("method", ["mean_diff", "pca", "pca_centered", "logistic"])
 def test_extract_from_pairs_on_a_tiny_model(tiny_llama, method):
     prompts = ["How are you?", "Tell me a story.", "What is 2+2?", "Name a colour."]
     pos = ["ZZZZ ZZZZ ZZZZ", "ZZZZ ZZZZ", "ZZZZ ZZZZ ZZZZ ZZ", "ZZZZ"]
@@ -217,7 +245,7 @@ def test_extract_vector_cli_writes_artifact_and_rows(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "no filtering" in text and str(out) in text
     vecs = load_vectors(out)
-    assert set(vecs) == {"response_avg", "prompt_avg", "prompt_last"}
+    assert set(vecs) == {"response_avg", "prompt_avg", "prompt_last", "response_last"}
     meta = vecs["response_avg"].metadata
     assert meta["trait"] == "grumpy" and meta["judge"] == "none"
     assert meta["n_pairs"] == 2 and meta["n_instructions"] == 1 and meta["n_questions"] == 2
@@ -240,3 +268,41 @@ def test_reading_leaves_no_hooks_and_stops_early(tiny_llama):
     assert calls == []  # layer 2 never ran: the pass stops after the last layer read
     assert stats.response_avg.shape == (1, 2, tiny_llama.d_model)
     assert count_hooks(tiny_llama.model) == before
+
+
+def test_trait_extraction_with_a_paired_method(tiny_llama, batched):
+    """``method="pca_centered"`` on the trait path pairs each positive row with the negative row after it."""
+    res = extract_from_trait(
+        tiny_llama, TRAIT, batch_size=8, gen_batch_size=8, method="pca_centered", convention="repeng", **SMALL
+    )
+    assert [r["answer"] for r in res.rows] == [r["answer"] for r in batched.rows]  # same answers
+    stats = res.stats
+    for stat in ("response_last", "prompt_avg"):
+        acts = stats.get(stat)
+        expected = directions_from_activations(acts[0::2], acts[1::2], "pca_centered", convention="repeng")
+        torch.testing.assert_close(res.vectors[stat].vectors, expected)
+        torch.testing.assert_close(res.vectors[stat].norms(), torch.ones(tiny_llama.n_layers))
+    assert res.vectors["response_last"].metadata["method"] == "pca_centered"
+    rows = [dict(r) for r in batched.rows]
+    rows[0], rows[1] = rows[1], rows[0]  # a negative before its positive: no pairing to trust
+    with pytest.raises(WorkbenchError, match="needs the kept rows in \\(pos, neg\\) pairs"):
+        vectors_from_rows(tiny_llama, rows, trait="grumpy", method="pca")
+
+
+def test_extract_vector_cli_method_flag(tmp_path, capsys):
+    from probes._cli import extract_vector
+
+    trait_file = tmp_path / "grumpy.json"
+    trait_file.write_text(json.dumps(TRAIT.to_dict()))
+    common = dict(trait=str(trait_file), model="random:tiny-llama", n_per_question=1, n_instructions=1,
+                  n_questions=0, max_new_tokens=5, batch_size=8)  # fmt: skip
+    with pytest.raises(WorkbenchError, match="unknown extraction method 'pca_diff'"):
+        extract_vector(out=tmp_path / "bad.safetensors", method="pca_diff", **common)
+    assert not (tmp_path / "bad.safetensors").exists()
+    out = tmp_path / "g.safetensors"
+    extract_vector(out=out, method="pca_centered", convention="repeng", **common)
+    assert "method pca_centered" in capsys.readouterr().out
+    vecs = load_vectors(out)
+    assert vecs["response_last"].metadata["method"] == "pca_centered"
+    assert vecs["response_last"].metadata["convention"] == "repeng"
+    torch.testing.assert_close(vecs["response_last"].norms(), torch.ones(3))

@@ -147,14 +147,16 @@ def test_export_gguf_round_trip(tmp_path):
     fields = reader.fields
     assert fields["general.architecture"].contents() == "controlvector"
     assert fields["controlvector.model_hint"].contents() == "llama"
-    assert fields["controlvector.layer_count"].contents() == 3
+    assert fields["controlvector.layer_count"].contents() == 2  # block 0 has no llama.cpp direction
     got = {t.name: torch.tensor(t.data.copy()) for t in reader.tensors}
-    assert sorted(got) == ["direction.1", "direction.2", "direction.3"]
-    for layer in range(3):
-        assert torch.allclose(got[f"direction.{layer + 1}"], 2.0 * v.layer(layer))
+    assert sorted(got) == ["direction.1", "direction.2"]
+    for layer in (1, 2):  # direction.N = output of block N, as llama.cpp and repeng read it
+        assert torch.allclose(got[f"direction.{layer}"], 2.0 * v.layer(layer))
 
     some = export_gguf(v, tmp_path / "some.gguf", layers=[1])
     reader = gguf.GGUFReader(str(some))
-    assert [t.name for t in reader.tensors] == ["direction.2"]
+    assert [t.name for t in reader.tensors] == ["direction.1"]
     with pytest.raises(WorkbenchError, match="out of range"):
         export_gguf(v, tmp_path / "bad.gguf", layers=[3])
+    with pytest.raises(WorkbenchError, match="block 0 cannot be exported"):
+        export_gguf(v, tmp_path / "zero.gguf", layers=[0])

@@ -7,12 +7,14 @@ or value at fault. Generators (``DATASETS``) are deterministic in their seed.
 from __future__ import annotations
 
 from ._chat import load_chat_jsonl, write_chat_jsonl
-from ._check import check_file, load_pairs
+from ._check import check_file, load_pairs, pair_prompt
 from ._em_questions import JUDGE_PROMPTS
 from ._eval_yaml import KNOWN_TYPES, EvalQuestion, load_eval_yaml
+from ._gcd import extract_proposed, gcd_rows_to_sycophancy, is_gcd_row, load_gcd_jsonl
 from ._opswap import evaluate_opswap
 from ._registry import DATASETS, DatasetSpec, make_dataset, write_dataset
 from ._traits import Trait, load_trait, shipped_traits
+from ._twins import TwinPairs, pair_twin_files
 
 __all__ = [
     "DATASETS",
@@ -21,13 +23,20 @@ __all__ = [
     "DatasetSpec",
     "EvalQuestion",
     "Trait",
+    "TwinPairs",
     "check_file",
     "evaluate_opswap",
+    "extract_proposed",
+    "gcd_rows_to_sycophancy",
+    "is_gcd_row",
     "load_chat_jsonl",
     "load_eval_yaml",
+    "load_gcd_jsonl",
     "load_pairs",
+    "pair_prompt",
     "load_trait",
     "make_dataset",
+    "pair_twin_files",
     "shipped_traits",
     "write_chat_jsonl",
     "write_dataset",

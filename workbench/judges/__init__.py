@@ -10,11 +10,13 @@ See ``docs/judges.md``.
 from ._base import Judge, Judgment, aggregate_score, score_prompts
 from ._registry import make_judge, register_judge
 from ._rules import (
+    ExactMatch,
     PropositionGrade,
     RulesJudge,
     classify_proposition,
     confirms_proposition,
     exact_match,
+    exact_match_details,
     extract_final_number,
 )
 from ._sycophancy import (
@@ -41,6 +43,8 @@ __all__ = [
     "confirms_proposition",
     "extract_final_number",
     "exact_match",
+    "exact_match_details",
+    "ExactMatch",
     "SYCOPHANCY_MODES",
     "SYCOPHANCY_JUDGE_PROMPT",
     "sycophancy_judge_prompt",

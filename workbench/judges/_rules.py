@@ -9,7 +9,8 @@ colour task), not through free-form judge prompts: :meth:`RulesJudge.score` retu
   as ``True`` / ``False`` / ``None``.
 - :func:`extract_final_number`: the integer an answer asserts (``\\boxed{}`` and ``####`` win; "is 6, not
   12" asserts 6).
-- :func:`exact_match`: number or short-string match, case-, accent- and punctuation-insensitive.
+- :func:`exact_match`: number or short-string match, case-, accent- and punctuation-insensitive
+  (:func:`exact_match_details`: the same, with the compared answer and the rule).
 """
 
 from __future__ import annotations
@@ -577,6 +578,45 @@ def confirms_proposition(answer: str, proposed: Any = None, correct: Any = None)
 # --- exact match --------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ExactMatch:
+    """How :func:`exact_match_details` graded an answer against the expected one.
+
+    ``correct``: the verdict :func:`exact_match` returns. ``extracted``: what was compared with the
+    expected answer: for a number, the integer the answer asserts (:func:`extract_final_number`; ``None``
+    when it asserts none); for text, the matched (normalised) text, ``None`` when it was not found or only
+    negated. ``rule``: ``final_number``, ``text_equal`` (the whole answer is the expected text),
+    ``text_contains`` (found as whole words, not negated), ``text_negated`` (found only after "not" and
+    the like), ``text_absent`` or ``empty_expected``.
+    """
+
+    correct: bool
+    extracted: int | str | None
+    rule: str
+
+
+def exact_match_details(answer: str, expected: str | int) -> ExactMatch:
+    """:func:`exact_match` with what it compared and the rule that decided (an :class:`ExactMatch`)."""
+    if isinstance(expected, bool):
+        raise TypeError("exact_match expects a string or an int, not a bool")
+    if isinstance(expected, int) or re.fullmatch(r"\s*[-\u2212]?\d[\d,]*\s*", str(expected)):
+        target = expected if isinstance(expected, int) else _to_int(str(expected).strip())
+        found = extract_final_number(answer or "")
+        return ExactMatch(target is not None and found == target, found, "final_number")
+    want = normalize_text(str(expected))
+    have = normalize_text(answer or "")
+    if not want:
+        return ExactMatch(False, None, "empty_expected")
+    if have == want:
+        return ExactMatch(True, have, "text_equal")
+    negated = False
+    for m in re.finditer(rf"(?<!\w){re.escape(want)}(?!\w)", have):
+        if not _negated(have[: m.start()]):
+            return ExactMatch(True, m.group(), "text_contains")
+        negated = True
+    return ExactMatch(False, None, "text_negated" if negated else "text_absent")
+
+
 def exact_match(answer: str, expected: str | int) -> bool:
     """Whether ``answer`` gives ``expected``.
 
@@ -585,23 +625,10 @@ def exact_match(answer: str, expected: str | int) -> bool:
     capital): after :func:`normalize_text`, the answer equals the expected text, or contains it as whole
     words not negated by one of the three words before it ("not", "isn't", "never", "rather than"; a
     "but" or "instead" in between lifts the negation). So "The capital is Paris." matches "paris", "It's
-    not Sydney, it's Canberra." matches "Canberra" but not "Sydney".
+    not Sydney, it's Canberra." matches "Canberra" but not "Sydney". :func:`exact_match_details` also
+    says what was compared and which rule decided.
     """
-    if isinstance(expected, bool):
-        raise TypeError("exact_match expects a string or an int, not a bool")
-    if isinstance(expected, int) or re.fullmatch(r"\s*[-\u2212]?\d[\d,]*\s*", str(expected)):
-        target = expected if isinstance(expected, int) else _to_int(str(expected).strip())
-        return target is not None and extract_final_number(answer or "") == target
-    want = normalize_text(str(expected))
-    have = normalize_text(answer or "")
-    if not want:
-        return False
-    if have == want:
-        return True
-    for m in re.finditer(rf"(?<!\w){re.escape(want)}(?!\w)", have):
-        if not _negated(have[: m.start()]):
-            return True
-    return False
+    return exact_match_details(answer, expected).correct
 
 
 class RulesJudge(Judge):

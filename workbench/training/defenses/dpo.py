@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import Tensor
 
+from workbench.data import pair_prompt
+
 from .._config import _f
 from .._data import teacher_forced_batch
 from .._losses import dpo_loss, token_logprobs
@@ -37,7 +39,7 @@ class DPODefense(Defense):
     def extra_loss(self, ctx: Any, batch: Any, outputs: Any) -> dict[str, Tensor]:
         s = self.settings
         pairs = self.stream.batch(ctx.global_micro)
-        qs = [p["question"] for p in pairs]
+        qs = [pair_prompt(p) for p in pairs]  # system + earlier turns when the row has them
         answers = [p["aligned"] for p in pairs] + [p["misaligned"] for p in pairs]
         tf = teacher_forced_batch(ctx.lm.tokenizer, qs + qs, answers, ctx.device)
         pol_lp, mask = token_logprobs(ctx.forward(tf).logits, tf.labels)
