@@ -4,12 +4,14 @@ No Streamlit here (unit-tested on its own). Every path the user can choose goes 
 and every file the pages open goes through ``inside`` (the readers take the root for that): a symbolic link,
 to a file or a directory, that resolves outside the run root is never followed, so the explorer never reads
 outside the run root it was started on. Model specs go through ``check_model_spec``.
+
+File names, the confinement checks, the tolerant readers and which command made a run come from
+``workbench.runs`` (the owner of the run directory): this module adds the explorer's view on top.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -17,9 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from workbench import WorkbenchError
+from workbench import WorkbenchError, runs
+from workbench.runs import (
+    ADAPTER_DIR,
+    ANALYSIS_JSON,
+    CONFIG_YAML,
+    GATES_FILE,
+    METRICS_JSONL,
+    RANKED_JSONL,
+    SUMMARY_JSON,
+    SWEEP_CSV,
+    RunDir,
+)
 
 ROOT_ENV = "WORKBENCH_RUN_ROOT"
 RUN_ENV = "WORKBENCH_RUN_DIR"
@@ -39,18 +50,9 @@ MAX_TREE_ENTRIES = 10_000
 """How many entries of an adapter or model folder are checked for links leaving the root."""
 STATISTICS = ("response_avg", "prompt_avg", "prompt_last", "response_last")
 """The persona-vector statistics, in the order the pages offer them."""
-MAX_DEPTH = 4
+MAX_DEPTH = runs.MAX_DEPTH
 """How deep below the chosen directory artifacts are looked for."""
-SKIP_DIRS = {"adapter", "checkpoints", "judge_cache", "__pycache__", "node_modules"}
-MARKERS = (
-    "config.yaml",
-    "metrics.jsonl",
-    "summary.json",
-    "sweep.csv",
-    "ranked.jsonl",
-    "analysis.json",
-    "gates.safetensors",
-)
+MARKERS = (CONFIG_YAML, METRICS_JSONL, SUMMARY_JSON, SWEEP_CSV, RANKED_JSONL, ANALYSIS_JSON, GATES_FILE)
 
 
 # ---------------------------------------------------------------------------------------- root and paths
@@ -119,21 +121,16 @@ def rel(root: Path, path: Path) -> str:
 def inside(root: Path, path: str | os.PathLike[str]) -> Path | None:
     """``path`` with every symbolic link resolved, when that stays inside ``root``; else None.
 
-    The one check before the explorer opens or lists anything: a link (to a file or a directory) whose
-    target lies outside the run root gives None, as do link loops and unreadable paths.
+    The one check before the explorer opens or lists anything (``workbench.runs.within``): a link (to a
+    file or a directory) whose target lies outside the run root gives None, as do link loops and
+    unreadable paths.
     """
-    try:
-        real_root = Path(root).resolve()
-        real = Path(path).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return None
-    return real if real == real_root or real_root in real.parents else None
+    return runs.within(root, path)
 
 
 def inside_file(root: Path, path: str | os.PathLike[str]) -> Path | None:
     """:func:`inside` for a regular file that exists (None for a missing file, a directory or a link out)."""
-    real = inside(root, path)
-    return real if real is not None and real.is_file() else None
+    return runs.within_file(root, path)
 
 
 def inside_tree(root: Path, folder: str | os.PathLike[str]) -> Path | None:
@@ -143,16 +140,7 @@ def inside_tree(root: Path, folder: str | os.PathLike[str]) -> Path | None:
     from outside the root refuses the folder. None as well for a missing folder or one with more than
     ``MAX_TREE_ENTRIES`` entries.
     """
-    real = inside(root, folder)
-    if real is None or not real.is_dir():
-        return None
-    seen = 0
-    for here, dirs, files in os.walk(real, followlinks=False):
-        for name in [*dirs, *files]:
-            seen += 1
-            if seen > MAX_TREE_ENTRIES or inside(root, Path(here) / name) is None:
-                return None
-    return real
+    return runs.within_tree(root, folder, MAX_TREE_ENTRIES)
 
 
 # ---------------------------------------------------------------------------------------- small readers
@@ -164,49 +152,20 @@ def _checked(path: Path, root: Path | None) -> Path | None:
 def read_json(path: Path, root: Path | None = None) -> dict[str, Any] | None:
     """A JSON object, or None when the file is missing, unreadable or (given ``root``) links outside it."""
     real = _checked(path, root)
-    if real is None:
-        return None
-    try:
-        data = json.loads(real.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return runs.read_json(real) if real is not None else None
 
 
 def read_jsonl(path: Path, root: Path | None = None) -> list[dict[str, Any]]:
     """The JSON objects of a JSONL file (unreadable lines, such as one cut by a crash, are skipped); no rows
     when the file is missing or (given ``root``) links outside it."""
-    rows: list[dict[str, Any]] = []
     real = _checked(path, root)
-    if real is None:
-        return rows
-    try:
-        text = real.read_text(encoding="utf-8")
-    except OSError:
-        return rows
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            rows.append(obj)
-    return rows
+    return runs.read_jsonl(real) if real is not None else []
 
 
 def read_yaml(path: Path, root: Path | None = None) -> dict[str, Any] | None:
     """A YAML mapping (``safe_load``), or None like :func:`read_json`."""
     real = _checked(path, root)
-    if real is None:
-        return None
-    try:
-        data = yaml.safe_load(real.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
+    return runs.read_yaml(real) if real is not None else None
 
 
 def artifact_kind(path: Path) -> str:
@@ -254,31 +213,8 @@ class Found:
 
 def _walk(top: Path, depth: int = MAX_DEPTH) -> Iterator[Path]:
     """Directories under ``top`` (``top`` included), skipping hidden, checkpoint and adapter folders and
-    every symbolically linked directory (so no link is followed out of the root, and no loop is walked)."""
-    yield top
-    if depth <= 0:
-        return
-    try:
-        children = sorted(p for p in top.iterdir() if not p.is_symlink() and p.is_dir())
-    except OSError:
-        return
-    for child in children:
-        if child.name.startswith(".") or child.name in SKIP_DIRS:
-            continue
-        yield from _walk(child, depth - 1)
-
-
-def summary_kind(summary: dict[str, Any] | None) -> str:
-    """Which command wrote a ``summary.json``: ``eval``, ``sweep``, ``screen`` or ``""``."""
-    if not summary:
-        return ""
-    if isinstance(summary.get("sets"), dict):
-        return "eval"
-    if "cells" in summary and "recommended_layer" in summary:
-        return "sweep"
-    if "dataset_score" in summary and "n_flagged" in summary:
-        return "screen"
-    return ""
+    every symbolically linked directory (``workbench.runs.walk_dirs``)."""
+    return runs.walk_dirs(top, depth)
 
 
 def _artifact_files(folder: Path, root: Path, outside: list[Path]) -> dict[str, Path]:
@@ -314,19 +250,19 @@ def scan(top: Path, root: Path | None = None) -> Found:
         if inside(root, folder) is None:
             continue
         files = _artifact_files(folder, root, found.outside)
-        summary = read_json(files["summary.json"], root) if "summary.json" in files else None
-        kind = summary_kind(summary)
-        if kind == "eval":
+        # the manifest says which command made the run; runs made before it are sniffed (RunDir.kind)
+        kind = RunDir(folder, root=root).kind if SUMMARY_JSON in files or SWEEP_CSV in files else ""
+        if kind == "eval" and SUMMARY_JSON in files:
             found.evals.append(folder)
-        elif kind == "sweep" or ("sweep.csv" in files and kind == ""):
+        elif kind == "sweep" or (SWEEP_CSV in files and kind not in ("eval", "screen")):
             found.sweeps.append(folder)
-        elif kind == "screen" and "ranked.jsonl" in files:
+        elif kind == "screen" and SUMMARY_JSON in files and RANKED_JSONL in files:
             found.screens.append(folder)
-        if "metrics.jsonl" in files:
+        if METRICS_JSONL in files:
             found.trainings.append(folder)
-        if "analysis.json" in files:
-            found.analyses.append(files["analysis.json"])
-        adapter = folder / "adapter"
+        if ANALYSIS_JSON in files:
+            found.analyses.append(files[ANALYSIS_JSON])
+        adapter = folder / ADAPTER_DIR
         if (adapter / "adapter_config.json").exists():
             real = inside_tree(root, adapter)
             if real is not None:
@@ -358,7 +294,7 @@ def list_run_dirs(root: Path) -> list[Path]:
 
 
 def _config_model(folder: Path, root: Path) -> str | None:
-    cfg = read_yaml(folder / "config.yaml", root)
+    cfg = RunDir(folder, root=root).config()
     if cfg and isinstance(cfg.get("model"), str) and cfg["model"].strip():
         return cfg["model"].strip()
     return None
@@ -530,10 +466,11 @@ def read_sweep(folder: Path, root: Path | None = None) -> dict[str, Any] | None:
 
     Given ``root``, files linking outside it are treated as missing.
     """
-    summary = read_json(folder / "summary.json", root)
-    if summary_kind(summary) == "sweep":
+    run = RunDir(folder, root=root)
+    summary = run.summary()
+    if summary is not None and run.kind == "sweep":
         return summary
-    path = _checked(folder / "sweep.csv", root)
+    path = _checked(folder / SWEEP_CSV, root)
     if path is None or not path.is_file():
         return None
     import csv

@@ -148,13 +148,9 @@ def ordered(vectors: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- the model
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _model(spec: str, adapter: str | None) -> tuple[Any, threading.Lock]:
-    from transformers.utils import logging as hf_logging
+    from workbench.cli_common import load_model_quietly
 
-    from workbench import load_model
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    lm = load_model(spec)
+    lm = load_model_quietly(spec)
     if adapter:
         from workbench.adapters import apply_adapter
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from workbench.runs import ADAPTER_DIR, EVAL_DIR, GATES_FILE, REPORT_HTML, VECTORS_DIR, RunDir
+
 SETTINGS: dict[str, Any] = {
     "trait": "evil",
     "extract": {"n_questions": 8, "n_per_question": 1, "n_instructions": 2, "max_new_tokens": 48},
@@ -52,6 +54,47 @@ def _opinion_pairs(seed: int, n: int) -> list[dict[str, str]]:
     return pairs
 
 
+def _bar(value: float, vmax: float, width: int = 40) -> str:
+    return "#" * max(1, round(width * value / vmax)) if vmax > 0 else ""
+
+
+def read_all_sites(lm: Any, prompt: str, echo: Callable[[str], None]) -> dict[str, list[float]]:
+    """Step 1: answer one prompt, read every hook site for prompt + answer, print per-layer residual norms.
+
+    Returns the mean L2 norm per token of ``hook_resid_post``, ``hook_attn_out`` and ``hook_mlp_out`` per layer.
+    """
+    from workbench import read_sites
+    from workbench.generation import encode_left, generate, render_prompts
+
+    info = lm.info()
+    echo(
+        f"      {info['architecture']}: {info['n_layers']} layers, d_model {info['d_model']}, "
+        f"{info['n_heads']} heads, {info['parameters'] / 1e6:.1f}M parameters"
+    )
+    answer = generate(lm, [prompt], max_new_tokens=60)[0]
+    echo(f"      user: {prompt}")
+    echo(f"      assistant: {answer}")
+    echo(f"      reading all {5 * lm.n_layers} hook sites for the prompt + answer")
+    text = render_prompts(lm.tokenizer, [prompt])[0] + answer
+    enc = encode_left(lm.tokenizer, [text], lm.device)
+    sites = lm.sites.names()
+    with torch.no_grad(), read_sites(lm, sites) as cache:
+        lm.model(**enc)
+    n_tokens = enc["input_ids"].shape[1]
+    norms = {
+        kind: [
+            cache[f"blocks.{l}.{kind}"].float().flatten(2).norm(dim=-1).mean().item()
+            for l in range(lm.n_layers)
+        ]
+        for kind in ("hook_resid_post", "hook_attn_out", "hook_mlp_out")
+    }
+    resid = norms["hook_resid_post"]
+    echo(f"      mean L2 norm of blocks.{{l}}.hook_resid_post over {n_tokens} tokens:")
+    for l, v in enumerate(resid):
+        echo(f"      layer {l:>2} {v:8.2f} {_bar(v, max(resid))}")
+    return norms
+
+
 def run_demo(
     model: str, out: Path | None, prompt: str, echo: Callable[[str], None], overwrite: bool = False
 ) -> Path:
@@ -59,8 +102,7 @@ def run_demo(
     that is not empty unless ``overwrite`` (which empties only a run directory a workbench command made)."""
     from probes import extract_from_trait
     from steering import sweep
-    from workbench._demo import read_all_sites
-    from workbench.cli import _load
+    from workbench.cli_common import load_model_quietly
     from workbench.data import load_trait, make_dataset
     from workbench.evaluation import EvalConfig, Evaluator, write_summary
     from workbench.runs import prepare_run_dir, write_config
@@ -71,7 +113,7 @@ def run_demo(
     figures: dict[str, Any] = {"settings": SETTINGS, "model": model}
 
     echo(f"[1/6] loading {model} and reading every hook site")
-    lm = _load(model)
+    lm = load_model_quietly(model)
     figures["site_norms"] = read_all_sites(lm, prompt, echo)
 
     s = SETTINGS["extract"]
@@ -82,8 +124,8 @@ def run_demo(
         lm, trait, judge="none", n_questions=s["n_questions"], n_per_question=s["n_per_question"],
         n_instructions=s["n_instructions"], max_new_tokens=s["max_new_tokens"], seed=0,
     )  # fmt: skip
-    vec_path = result.save(run_dir / "vectors" / f"{SETTINGS['trait']}.safetensors")
-    result.write_rows(run_dir / "vectors" / f"{SETTINGS['trait']}_rows.jsonl")
+    vec_path = result.save(run_dir / VECTORS_DIR / f"{SETTINGS['trait']}.safetensors")
+    result.write_rows(run_dir / VECTORS_DIR / f"{SETTINGS['trait']}_rows.jsonl")
     vec = result.vectors["response_avg"]
     norms = vec.norms().tolist()
     figures["vector_norms"] = norms
@@ -124,7 +166,7 @@ def run_demo(
         }
     )  # fmt: skip
     train_dir = train(cfg, out=run_dir / "train")  # run_dir is new or was emptied
-    metrics = [json.loads(x) for x in (train_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    metrics = RunDir(train_dir).metrics()
     figures["train_loss"] = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
     echo(f"      loss {figures['train_loss'][0][1]:.3f} -> {figures['train_loss'][-1][1]:.3f} "
          f"over {len(figures['train_loss'])} steps; run: {train_dir}")  # fmt: skip
@@ -141,12 +183,14 @@ def run_demo(
     table: dict[str, dict[str, Any]] = {}
 
     def evaluate(name: str, model_lm: Any, intervention: Any = None) -> None:
-        ev = Evaluator(model_lm, run_dir / "eval" / name, cfg_eval, intervention=intervention, progress=False)
+        ev = Evaluator(
+            model_lm, run_dir / EVAL_DIR / name, cfg_eval, intervention=intervention, progress=False
+        )
         op = ev.preference(opinion, name="opinion_heldout")
         gen = ev.preference(general, name="general_pairs")
         syc = ev.sycophancy(ood, name="sycophancy_ood")
         write_summary(
-            run_dir / "eval" / name,
+            run_dir / EVAL_DIR / name,
             {"model": model, "condition": name, "judge": "none",
              "sets": {"opinion_heldout": op, "general_pairs": gen, "sycophancy_ood": syc}},
         )  # fmt: skip
@@ -162,9 +206,9 @@ def run_demo(
              f"OOD sycophancy {_num(syc['sycophancy']['value'])}  plain acc {_num(syc['plain_accuracy']['value'])}")  # fmt: skip
 
     evaluate("base", lm)
-    ft = _load(model)
-    apply_adapter(ft, train_dir / "adapter")
-    gates = GateSet.load(train_dir / "gates.safetensors", ft)
+    ft = load_model_quietly(model)
+    apply_adapter(ft, train_dir / ADAPTER_DIR)
+    gates = GateSet.load(train_dir / GATES_FILE, ft)
     evaluate("fine-tuned", ft, gate_intervention(ft, gates, 1.0))
     evaluate("suppressed", ft, gate_intervention(ft, gates, -1.0))
     evaluate("amplified", ft, gate_intervention(ft, gates, 2.0))
@@ -216,7 +260,7 @@ def write_report(run_dir: Path, fig: dict[str, Any]) -> Path:
         p.add_trace(go.Scatter(y=norms, mode="lines+markers", name="resid_post"), 1, 1)
     p.add_trace(go.Scatter(y=fig.get("vector_norms", []), mode="lines+markers", name="evil vector"), 1, 2)
     p.update_layout(height=360, showlegend=False)
-    parts.append(figure_html(p, run_dir / "report.html", full_html=False))  # loads plotly.min.js, no CDN
+    parts.append(figure_html(p, run_dir / REPORT_HTML, full_html=False))  # loads plotly.min.js, no CDN
 
     sw = go.Figure()
     for layer in sorted({r["layer"] for r in fig.get("sweep", [])}):
@@ -267,6 +311,6 @@ table{{border-collapse:collapse}}</style></head><body>
 P(confirms an incorrect proposition | answers the plain question correctly), rules judge.</p>
 {"".join(parts)}
 <h2>Settings</h2><pre>{json.dumps(fig.get("settings"), indent=2)}</pre></body></html>"""
-    target = run_dir / "report.html"
+    target = run_dir / REPORT_HTML
     atomic_write_text(target, html)
     return target

@@ -447,15 +447,10 @@ class Bench:
 
 
 def load_quietly(spec: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Any:
-    """``workbench.load_model`` without transformers' progress bars and warnings."""
-    from workbench import load_model
+    """``workbench.load_model`` without transformers' progress bars and warnings (the commands' loader)."""
+    from workbench.cli_common import load_model_quietly
 
-    with contextlib.suppress(Exception):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    return load_model(spec, device=device, dtype=dtype, seed=seed)
+    return load_model_quietly(spec, device=device, dtype=dtype, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------- environment

@@ -496,8 +496,9 @@ class _Variant:
 
 
 class TrainBench:
-    """One ``Trainer`` (plain LoRA) whose components are swapped per step, so every variant trains the same
-    model and LoRA weights: ``plain``, ``per_head`` / ``input_dependent`` gates, ``kl``, ``ldifs``.
+    """One ``Trainer`` (plain LoRA) to which every variant's component is added (``Trainer.add_component``);
+    each step runs with only that variant's component active (``Trainer.activate``), so every variant trains the
+    same model and LoRA weights: ``plain``, ``per_head`` / ``input_dependent`` gates, ``kl``, ``ldifs``.
 
     A step is the loop's own ``accumulate(step)`` + ``optimizer_step(step)`` on one micro-batch of
     ``train_batch`` sequences of exactly ``train_seq`` tokens. All variants' extra parameters sit in the one
@@ -507,9 +508,7 @@ class TrainBench:
     VARIANTS = ("plain", "per_head", "input_dependent", "kl", "ldifs")
 
     def __init__(self, bench: Bench) -> None:
-        from workbench.training import TrainConfig, Trainer
-        from workbench.training._loop import _lr_lambda
-        from workbench.training._plugins import as_plugin, get_defense, get_plugin
+        from workbench.training import TrainConfig, Trainer, registered_components
 
         s = bench.sizes
         tok = bench.lm.tokenizer
@@ -550,38 +549,26 @@ class TrainBench:
         t = self.trainer
         self.lora_parameters = sum(p.numel() for p in t.params)
         self.variants: dict[str, _Variant] = {"plain": _Variant()}
-        made: dict[str, Any] = {
-            "per_head": as_plugin(get_plugin("gates")({"kind": "per_head", "sites": ["attn"]}), "gates"),
-            "input_dependent": as_plugin(get_plugin("gates")({"kind": "input_dependent"}), "gates"),
+        registry = registered_components()
+        made = {
+            "per_head": ("gates", {"kind": "per_head", "sites": ["attn"]}),
+            "input_dependent": ("gates", {"kind": "input_dependent"}),
+            "kl": ("kl", {}),
+            "ldifs": ("ldifs", {}),
         }
-        for name in ("kl", "ldifs"):
-            cls = get_defense(name)
-            made[name] = cls(cls.Settings())
-        for name, comp in made.items():
-            t.ctx.policy_sites, t.ctx.reference_sites = set(), set()
-            comp.setup(t.ctx)
-            n_params = 0
-            for g in comp.parameters():
-                group = dict(g) if isinstance(g, dict) else {"params": list(g[0]), "lr": g[1] or cfg.optim.lr}
-                group["params"] = list(group["params"])
-                group.setdefault("lr", cfg.optim.lr)
-                group.setdefault("weight_decay", cfg.optim.weight_decay)
-                t.optimizer.add_param_group(group)
-                t.params.extend(group["params"])
-                n_params += sum(p.numel() for p in group["params"])
-            is_plugin = name in ("per_head", "input_dependent")
+        for name, (component, settings) in made.items():
+            entry = registry[component]
+            before = sum(p.numel() for p in t.params)
+            comp = t.add_component(entry.build(settings), kind=entry.kind)
+            policy, reference = t.sites_of(comp)
             self.variants[name] = _Variant(
-                plugins=[comp] if is_plugin else [],
-                defenses=[] if is_plugin else [comp],
-                policy_sites=set(t.ctx.policy_sites),
-                reference_sites=set(t.ctx.reference_sites),
-                parameters=n_params,
+                plugins=[comp] if entry.kind == "plugin" else [],
+                defenses=[comp] if entry.kind == "defense" else [],
+                policy_sites=policy,
+                reference_sites=reference,
+                parameters=sum(p.numel() for p in t.params) - before,
             )
-        t.ctx.policy_sites, t.ctx.reference_sites = set(), set()
-        # the schedule covers every parameter group (the added ones too), as the loop's own setup builds it
-        t.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            t.optimizer, _lr_lambda(cfg.optim.warmup_steps, t.total_steps)
-        )
+        t.activate()  # plain LoRA until a step picks its variant
         self.step_no = 0
         idx = t.step_indices(0)
         self.tokens = sum(len(t.examples[i].ids) for i in idx)
@@ -593,8 +580,7 @@ class TrainBench:
 
     def step(self, name: str) -> None:
         v, t = self.variants[name], self.trainer
-        t.plugins, t.defenses, t.components = v.plugins, v.defenses, [*v.plugins, *v.defenses]
-        t.ctx.policy_sites, t.ctx.reference_sites = set(v.policy_sites), set(v.reference_sites)
+        t.activate(*v.plugins, *v.defenses)
         t.accumulate(self.step_no)
         t.optimizer_step(self.step_no)
         self.step_no += 1

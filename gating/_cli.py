@@ -6,15 +6,15 @@ serves ``workbench eval --gates FILE --gate-alpha A``.
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from workbench import WorkbenchError
+from workbench import DEFAULT_MODEL, WorkbenchError
 from workbench._options import check_int, check_number, printable
+from workbench.cli_common import ModelOpt, load_model_quietly
 
 from ._gateset import GateSet, gate_intervention
 
@@ -74,34 +74,6 @@ def gated_label(alpha: float, layers: list[int] | None) -> str:
     return f"{word} (alpha={alpha:g}{', layers ' + ','.join(map(str, layers)) if layers else ''})"
 
 
-def load_eval_sets(specs: list[str]) -> list[tuple[str, str, Any]]:
-    """(name, evaluator method, payload) per ``--eval`` entry: a questions YAML, a JSONL set or a shipped name."""
-    from workbench.data import DATASETS, load_chat_jsonl, load_eval_yaml, load_pairs, make_dataset
-    from workbench.data._check import sniff_jsonl
-    from workbench.data._eval_yaml import parse_eval_entries
-    from workbench.evaluation import detect_set_kind
-
-    sets: list[tuple[str, str, Any]] = []
-    for spec in specs:
-        path = Path(spec)
-        if not path.exists() and spec in DATASETS:
-            kind = DATASETS[spec].kind
-            rows = make_dataset(spec)
-            if kind == "questions":
-                sets.append((spec, "free_form", parse_eval_entries(rows, spec)))
-            else:
-                sets.append((spec, detect_set_kind(rows, spec), rows))
-            continue
-        if not path.exists():
-            raise WorkbenchError(f"--eval '{spec}' is neither a file nor a shipped dataset name")
-        if path.suffix in (".yaml", ".yml"):
-            sets.append((path.stem, "free_form", load_eval_yaml(path)))
-            continue
-        rows = load_pairs(path) if sniff_jsonl(path) == "pairs" else load_chat_jsonl(path)
-        sets.append((path.stem, detect_set_kind(rows, str(path)), rows))
-    return sets
-
-
 def gate(
     gates: Annotated[
         Path,
@@ -111,9 +83,7 @@ def gate(
             help="Trained gates: gates.safetensors, or an alignment-gating reference gating_params.pth.",
         ),
     ],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Model spec (default smollm2-135m).")
-    ] = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
     adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter folder to apply first.")] = None,
     suppress: Annotated[
         bool, typer.Option("--suppress", help="Suppress the gates: alpha = -1 (2 - g).")
@@ -146,8 +116,9 @@ def gate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
     """Apply trained gates at inference: gates off, as trained and gated answers side by side, or an evaluation."""
-    from workbench import load_model
+    from workbench import runs
     from workbench._io import atomic_write_json
+    from workbench.evaluation import load_eval_sets
     from workbench.generation import generate
     from workbench.runs import prepare_run_dir, write_config
 
@@ -159,7 +130,7 @@ def gate(
         raise WorkbenchError("nothing to do: give --prompt TEXT and/or --eval SET")
     if not Path(gates).exists():
         raise WorkbenchError(f"gates file '{gates}' does not exist")
-    sets = load_eval_sets(list(eval_questions or []))
+    sets = load_eval_sets(mixed=eval_questions or [], mixed_flag="--eval")
     run_dir = prepare_run_dir(
         out, "gate", overwrite=overwrite, inputs=[gates, model, adapter, eval_questions]
     )
@@ -179,7 +150,7 @@ def gate(
             "max_new_tokens": max_new_tokens,
         },
     )
-    lm = load_model(model)
+    lm = load_model_quietly(model)
     if adapter is not None:
         from workbench.adapters import apply_adapter
 
@@ -206,7 +177,7 @@ def gate(
         typer.echo(f"prompt: {printable(prompt)}\n")
         typer.echo(_side_by_side([(title, printable(text)) for title, text in columns]))
         atomic_write_json(
-            run_dir / "answers.json",
+            run_dir / runs.ANSWERS_JSON,
             {
                 "prompt": prompt,
                 "alpha": a,
@@ -218,39 +189,10 @@ def gate(
             },
         )
     if sets:
-        from workbench.evaluation import EvalConfig, Evaluator, write_summary
+        from workbench.evaluation import EvalConfig, Evaluator, evaluate_sets
 
         cfg = EvalConfig(samples=samples, judge=judge, max_new_tokens=max_new_tokens)
         ev = Evaluator(lm, run_dir, cfg, intervention=gate_intervention(lm, gs, spec))
-        summary: dict[str, Any] = {
-            "gates": str(gates),
-            "alpha": a,
-            "layers": layers,
-            "judge": judge,
-            "sets": {},
-        }
-        for name, method, payload in sets:
-            typer.echo(f"evaluating {name} ({method}) with gates at alpha {a:g}")
-            summary["sets"][name] = getattr(ev, method)(payload, name=name)
-            write_summary(run_dir, summary)
-            typer.echo(_format(summary["sets"][name]))
+        head = {"gates": str(gates), "alpha": a, "layers": layers, "judge": judge}
+        evaluate_sets(ev, sets, run_dir, head, note=f" with gates at alpha {a:g}", echo=typer.echo)
     typer.echo(f"run directory: {run_dir}")
-
-
-def _format(result: dict[str, Any]) -> str:
-    keys = (
-        "misaligned_rate",
-        "incoherent_rate",
-        "sycophancy",
-        "plain_accuracy",
-        "accuracy",
-        "preference_gap",
-    )
-    lines = []
-    for k in keys:
-        e = result.get(k)
-        if isinstance(e, dict) and "value" in e:
-            lines.append(
-                f"  {k}: {e['value']:.3f} [{e.get('low', float('nan')):.3f}, {e.get('high', float('nan')):.3f}] (n={e.get('n')})"
-            )
-    return "\n".join(lines) or f"  {json.dumps(result)[:200]}"

@@ -25,14 +25,17 @@ from workbench import WorkbenchError
 #: name -> gate class, filled by ``register_gate_kind``.
 GATE_KINDS: dict[str, type[Gate]] = {}
 
-#: where gates can sit: the attention output before the output projection, or the MLP output.
-GATE_SITES = ("attn", "mlp")
+#: a gate's *placement*: ``attn`` multiplies the attention output before the output projection (hook site
+#: ``blocks.{l}.attn.hook_z``), ``mlp`` the MLP output (``blocks.{l}.hook_mlp_out``). "Site" is kept for the
+#: hook-site names; ``GATE_SITES`` is the old name of this tuple.
+GATE_PLACEMENTS = ("attn", "mlp")
+GATE_SITES = GATE_PLACEMENTS
 
 G = TypeVar("G", bound="type[Gate]")
 
 
 class Gate(nn.Module):
-    """One gate at one (site, layer): ``g = 2 * sigmoid(logits(x))`` per channel.
+    """One gate at one (placement, layer): ``g = 2 * sigmoid(logits(x))`` per channel.
 
     Parameters are kept in float32 whatever the model's dtype; the hook casts ``g`` to the activation's dtype.
 
@@ -41,11 +44,15 @@ class Gate(nn.Module):
         channels: number of gated channels (``n_heads * d_head`` at ``attn``, ``d_model`` at ``mlp``).
         n_heads: attention heads (per-head kinds share one factor across a head's ``d_head`` channels).
         rank: rank of low-rank kinds (ignored by the others).
+
+    ``placements`` lists where the kind may sit (a subclass may still set the old name ``sites``; the
+    registry copies it to ``placements``).
     """
 
     kind: ClassVar[str] = ""
     input_dependent: ClassVar[bool] = False
-    sites: ClassVar[tuple[str, ...]] = GATE_SITES
+    placements: ClassVar[tuple[str, ...]] = GATE_PLACEMENTS
+    sites: ClassVar[tuple[str, ...]] = GATE_PLACEMENTS  # the old name of ``placements``
 
     def __init__(self, d_in: int, channels: int, n_heads: int, rank: int = 8) -> None:
         super().__init__()
@@ -79,6 +86,15 @@ def register_gate_kind(name: str) -> Callable[[G], G]:
             )
         if not (isinstance(cls, type) and issubclass(cls, Gate)):
             raise WorkbenchError(f"gate kind '{name}' must be a subclass of gating.Gate, got {cls!r}")
+        own = cls.__dict__
+        if "sites" in own and "placements" not in own:  # a kind written with the old attribute name
+            cls.placements = tuple(cls.sites)
+        bad = [p for p in cls.placements if p not in GATE_PLACEMENTS]
+        if bad:
+            raise WorkbenchError(
+                f"gate kind '{name}' names unknown placements {bad}; choose from: {', '.join(GATE_PLACEMENTS)}"
+            )
+        cls.sites = tuple(cls.placements)
         cls.kind = name
         GATE_KINDS[name] = cls
         return cls

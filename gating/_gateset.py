@@ -1,19 +1,22 @@
-"""``GateSet``: the gates of one model (a kind at some sites and layers), attached by scoped hooks.
+"""``GateSet``: the gates of one model (a kind at some placements and layers), attached by scoped hooks.
 
-Attaching registers forward hooks on the model's modules and nothing else: no module is replaced and no
-weight is changed, so ``handle.detach()`` (or leaving ``with gates.attached(lm): ...``) gives back exactly
-the model that was there before, even after an exception. Modules are resolved when attaching, through the
-layer modules kept by identity in ``lm.sites.layers``, so a model wrapped by PEFT after the gates were
-made (its ``o_proj`` replaced by a ``lora.Linear``) is gated in the same place. Edits are out-of-place, so
-gates train under autograd and gradient checkpointing.
+Attaching goes through the workbench's hook-site vocabulary and nothing else: each gate is one
+``workbench.intervene`` edit at its hook site (``with_input=True`` for input-dependent kinds, which hands the
+edit the sublayer's normalised input), entered on an ``ExitStack`` that ``handle.detach()`` closes. No module
+is replaced and no weight is changed, so detaching (or leaving ``with gates.attached(lm): ...``) gives back
+exactly the model that was there before, even after an exception. Modules are resolved when attaching, by
+``SiteMap.hook_target`` through the layer modules kept by identity in ``lm.sites.layers``, so a model wrapped
+by PEFT after the gates were made (its ``o_proj`` replaced by a ``lora.Linear``) is gated in the same place.
+Edits are out-of-place, so gates train under autograd and gradient checkpointing.
 
-Sites::
+Placements (where a gate sits; "site" is kept for the hook-site names, and ``sites`` is accepted as the old
+name of ``placements`` everywhere)::
 
     attn  blocks.{l}.attn.hook_z   the per-head attention output before the output projection, flattened to
-                                   [batch, pos, n_heads * d_head]; x = the attention module's input (the
-                                   normalised residual: input_layernorm / ln_1 output)
+                                   [batch, pos, n_heads * d_head]; x = blocks.{l}.ln1.hook_normalized (the
+                                   attention's input: the input_layernorm / ln_1 output)
     mlp   blocks.{l}.hook_mlp_out  the MLP's contribution to the residual, [batch, pos, d_model];
-                                   x = the MLP module's input (the normalised residual before the MLP)
+                                   x = blocks.{l}.ln2.hook_normalized (the MLP's input)
 """
 
 from __future__ import annotations
@@ -27,33 +30,41 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workbench import ModelFingerprint, WorkbenchError, load_artifact, save_artifact
-from workbench._hooks import _first, _pre_input, _replace_first, _replace_pre_input
+from workbench import ModelFingerprint, WorkbenchError, intervene, load_artifact, save_artifact
 
 from ._control import AlphaSpec, apply_alpha, resolve_alpha
-from ._gate import GATE_SITES, Gate, gate_class
+from ._gate import GATE_PLACEMENTS, Gate, gate_class
 
 ARTIFACT_KIND = "gates"
-#: gate site -> the hook-site kind it multiplies
+#: gate placement -> the hook-site kind it multiplies
 HOOK_KIND = {"attn": "attn.hook_z", "mlp": "hook_mlp_out"}
 
 Recorder = Callable[[str, int, Tensor], None]
 
 
+def hook_site(placement: str, layer: int) -> str:
+    """The hook site a gate at (placement, layer) multiplies, e.g. ``blocks.3.attn.hook_z``."""
+    return f"blocks.{layer}.{HOOK_KIND[placement]}"
+
+
 def _in_features(module: nn.Module) -> int | None:
-    if hasattr(module, "in_features"):
-        return int(module.in_features)
-    if hasattr(module, "nx"):  # transformers' Conv1D (GPT-2)
-        return int(module.nx)
+    for attr in ("in_features", "nx"):  # nn.Linear, transformers' Conv1D (GPT-2)
+        n = getattr(module, attr, None)
+        if isinstance(n, int):
+            return n
     return None
 
 
-def site_channels(lm: Any, site: str, layer: int) -> int:
-    """Channels a gate at (site, layer) multiplies: ``n_heads * d_head`` at attn, ``d_model`` at mlp."""
+def placement_channels(lm: Any, placement: str, layer: int) -> int:
+    """Channels a gate at (placement, layer) multiplies: ``n_heads * d_head`` at attn, ``d_model`` at mlp.
+
+    At ``attn`` that is the input width of the module ``blocks.{layer}.attn.hook_z`` hooks (the output
+    projection), found through ``SiteMap.hook_target`` like every other hook.
+    """
     sm = lm.sites
-    if site == "mlp":
+    if placement == "mlp":
         return int(sm.d_model)
-    o_proj = sm.module(layer, sm.adapter.o_proj)
+    o_proj, _ = sm.hook_target(hook_site("attn", layer))
     n = _in_features(o_proj)
     if n is None:
         cfg = getattr(lm.model, "config", None)
@@ -62,18 +73,38 @@ def site_channels(lm: Any, site: str, layer: int) -> int:
     return n
 
 
-def _check_sites(sites: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(sites, str):
-        sites = (sites,)
-    out = tuple(sites)
+#: the old name of ``placement_channels``
+site_channels = placement_channels
+
+
+def _check_placements(placements: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(placements, str):
+        placements = (placements,)
+    out = tuple(placements)
     if not out:
-        raise WorkbenchError("no gate sites given; choose from: " + ", ".join(GATE_SITES))
+        raise WorkbenchError("no gate placements given; choose from: " + ", ".join(GATE_PLACEMENTS))
     for s in out:
-        if s not in GATE_SITES:
-            raise WorkbenchError(f"unknown gate site '{s}'; choose from: {', '.join(GATE_SITES)}")
+        if s not in GATE_PLACEMENTS:
+            raise WorkbenchError(
+                f"unknown gate site '{s}' (a gate's placement); choose from: {', '.join(GATE_PLACEMENTS)}"
+            )
     if len(set(out)) != len(out):
-        raise WorkbenchError(f"gate sites repeated: {list(out)}")
+        raise WorkbenchError(f"gate placements repeated: {list(out)}")
     return out
+
+
+def _one_of(placements: Sequence[str] | str | None, sites: Sequence[str] | str | None, default: Any) -> Any:
+    """``placements``, or its old name ``sites``; both given must agree."""
+    if placements is not None and sites is not None:
+        if _check_placements(placements) != _check_placements(sites):
+            raise WorkbenchError(
+                f"placements {list(_check_placements(placements))} and sites {list(_check_placements(sites))} "
+                "disagree; give one of them (sites is the old name of placements)"
+            )
+        return placements
+    if placements is not None:
+        return placements
+    return default if sites is None else sites
 
 
 class GateHandle:
@@ -83,21 +114,34 @@ class GateHandle:
         self.gates = gates
         self.lm = lm
         self.alpha = alpha
-        self._handles: list[Any] = []
-        self._stash: dict[str, Tensor] = {}
+        self._stack: contextlib.ExitStack | None = None
         #: detached gate inputs of the last forward pass, per gate key (filled when ``track_inputs``)
         self.inputs: dict[str, Tensor | None] = {}
 
+    def _open(
+        self, edits: dict[str, Callable[..., Tensor]], with_input: dict[str, Callable[..., Tensor]]
+    ) -> None:
+        """Enter the ``intervene`` blocks of this attachment (a failure leaves no hook behind)."""
+        stack = contextlib.ExitStack()
+        try:
+            if edits:
+                stack.enter_context(intervene(self.lm, edits))
+            if with_input:
+                stack.enter_context(intervene(self.lm, with_input, with_input=True))
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack if edits or with_input else None  # every layer at alpha 0: nothing attached
+
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        return self._stack is not None
 
     def detach(self) -> None:
         """Remove this attachment's hooks. Nothing of the gates remains on the model afterwards."""
-        handles, self._handles = self._handles, []
-        for h in handles:
-            h.remove()
-        self._stash.clear()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
         self.inputs.clear()
 
     def __enter__(self) -> GateHandle:
@@ -108,39 +152,42 @@ class GateHandle:
 
 
 class GateSet(nn.Module):
-    """Gates of one kind at some sites and layers of one model (an ``nn.Module``: train it with any optimizer).
+    """Gates of one kind at some placements and layers of one model (an ``nn.Module``: train it with any
+    optimizer).
 
     Make one with ``GateSet.create(lm, ...)`` or ``GateSet.load(path, lm)``; apply it with
     ``with gates.attached(lm, alpha=1.0): ...`` or ``handle = gates.attach(lm); ...; handle.detach()``.
-    Nothing persists on the model after detaching.
+    Nothing persists on the model after detaching. ``placements`` (``attn`` and/or ``mlp``) may also be
+    given as ``sites=`` and read as ``gates.sites`` (the old name).
     """
 
     def __init__(
         self,
         kind: str,
-        sites: Sequence[str],
-        layers: Sequence[int],
+        placements: Sequence[str] | None = None,
+        layers: Sequence[int] | None = None,
         *,
         d_in: int,
         channels: dict[str, int],
         n_heads: int,
         rank: int = 8,
         fingerprint: ModelFingerprint | None = None,
+        sites: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         cls = gate_class(kind)
         self.kind = kind
-        self.sites = _check_sites(sites)
-        for s in self.sites:
-            if s not in cls.sites:
+        self.placements = _check_placements(_one_of(placements, sites, ()))
+        for s in self.placements:
+            if s not in cls.placements:
                 raise WorkbenchError(
-                    f"gate kind '{kind}' cannot sit at '{s}' (it supports: {', '.join(cls.sites)})"
+                    f"gate kind '{kind}' cannot sit at '{s}' (it supports: {', '.join(cls.placements)})"
                 )
-        self.layers = sorted({int(l) for l in layers})
+        self.layers = sorted({int(l) for l in layers or ()})
         if not self.layers:
             raise WorkbenchError("no layers to gate")
         self.d_in = int(d_in)
-        self.channels = {s: int(channels[s]) for s in self.sites}
+        self.channels = {s: int(channels[s]) for s in self.placements}
         self.n_heads = int(n_heads)
         self.rank = int(rank)
         self.fingerprint = fingerprint
@@ -149,10 +196,15 @@ class GateSet(nn.Module):
         self.gates = nn.ModuleDict(
             {
                 self.key(s, l): cls(self.d_in, self.channels[s], self.n_heads, self.rank)
-                for s in self.sites
+                for s in self.placements
                 for l in self.layers
             }
         )
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """The old name of ``placements``."""
+        return self.placements
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -160,27 +212,29 @@ class GateSet(nn.Module):
         cls,
         lm: Any,
         kind: str = "input_dependent",
-        sites: Sequence[str] = ("attn",),
+        placements: Sequence[str] | None = None,
         layers: Sequence[int] | None = None,
         *,
         rank: int = 8,
         seed: int = 0,
+        sites: Sequence[str] | None = None,
     ) -> GateSet:
-        """Fresh identity gates for ``lm`` (``layers=None``: every layer), on the model's device, float32."""
+        """Fresh identity gates for ``lm`` at ``placements`` (default ``("attn",)``; ``sites=`` is the old name)
+        and ``layers`` (``None``: every layer), on the model's device, float32."""
         sm = lm.sites
         layer_ids = list(range(sm.n_layers)) if layers is None else [sm.check_layer(int(l)) for l in layers]
-        sites_t = _check_sites(sites)
+        placed = _check_placements(_one_of(placements, sites, ("attn",)))
         channels: dict[str, int] = {}
-        for s in sites_t:
-            per_layer = {site_channels(lm, s, l) for l in layer_ids}
+        for s in placed:
+            per_layer = {placement_channels(lm, s, l) for l in layer_ids}
             if len(per_layer) != 1:
-                raise WorkbenchError(f"layers have different widths at site '{s}': {sorted(per_layer)}")
+                raise WorkbenchError(f"layers have different widths at placement '{s}': {sorted(per_layer)}")
             channels[s] = per_layer.pop()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             gs = cls(
                 kind,
-                sites_t,
+                placed,
                 layer_ids,
                 d_in=sm.d_model,
                 channels=channels,
@@ -191,19 +245,21 @@ class GateSet(nn.Module):
         return gs.to(lm.device)
 
     @staticmethod
-    def key(site: str, layer: int) -> str:
-        return f"{site}_{layer}"
+    def key(placement: str, layer: int) -> str:
+        return f"{placement}_{layer}"
 
-    def gate(self, site: str, layer: int) -> Gate:
-        key = self.key(site, layer)
+    def gate(self, placement: str, layer: int) -> Gate:
+        key = self.key(placement, layer)
         if key not in self.gates:
             raise WorkbenchError(
-                f"no gate at site '{site}' layer {layer} (sites {self.sites}, layers {self.layers})"
+                f"no gate at placement '{placement}' layer {layer} (placements {self.placements}, "
+                f"layers {self.layers})"
             )
         return self.gates[key]  # type: ignore[return-value]
 
     def items(self) -> Iterator[tuple[str, int, Gate]]:
-        for s in self.sites:
+        """``(placement, layer, gate)`` for every gate, placement by placement."""
+        for s in self.placements:
             for l in self.layers:
                 yield s, l, self.gate(s, l)
 
@@ -214,8 +270,9 @@ class GateSet(nn.Module):
     def describe(self) -> dict[str, Any]:
         return {
             "gate_kind": self.kind,
-            "sites": list(self.sites),
-            "hook_sites": {s: f"blocks.{{l}}.{HOOK_KIND[s]}" for s in self.sites},
+            "placements": list(self.placements),
+            "sites": list(self.placements),  # the old key, still written for readers made before the rename
+            "hook_sites": {s: f"blocks.{{l}}.{HOOK_KIND[s]}" for s in self.placements},
             "layers": list(self.layers),
             "rank": self.rank,
             "d_in": self.d_in,
@@ -245,8 +302,8 @@ class GateSet(nn.Module):
         bad = [l for l in self.layers if l >= lm.n_layers]
         if bad:
             raise WorkbenchError(f"gates at layers {bad}, but the model has {lm.n_layers} layers")
-        for s in self.sites:
-            have = site_channels(lm, s, self.layers[0])
+        for s in self.placements:
+            have = placement_channels(lm, s, self.layers[0])
             if have != self.channels[s]:
                 raise WorkbenchError(
                     f"gates at '{s}' have {self.channels[s]} channels, the model has {have} there"
@@ -262,24 +319,27 @@ class GateSet(nn.Module):
     ) -> GateHandle:
         """Install the gates on ``lm`` with control ``alpha`` (see ``gating._control``); returns the handle.
 
-        ``record(site, layer, g)`` is called with every raw gate value (before alpha) computed in a forward
-        pass; ``track_inputs`` keeps each gate's detached input of the last pass in ``handle.inputs``
-        (used by the sparsity penalty). Layers whose alpha is exactly 0 get no hook at all.
+        Each gate is an edit at its hook site (``blocks.{l}.attn.hook_z`` / ``blocks.{l}.hook_mlp_out``) made
+        with ``workbench.intervene``; input-dependent kinds get the sublayer's normalised input from
+        ``intervene(..., with_input=True)``. ``record(placement, layer, g)`` is called with every raw gate value
+        (before alpha) computed in a forward pass; ``track_inputs`` keeps each gate's detached input of the
+        last pass in ``handle.inputs`` (used by the sparsity penalty). Layers whose alpha is exactly 0 get no
+        hook at all.
         """
         self.check_model(lm)
         sm = lm.sites
         alphas = resolve_alpha(alpha, self.layers, sm.n_layers)
         handle = GateHandle(self, lm, alphas)
         self._move_to(lm)
-        try:
-            for site, layer, gate in self.items():
-                a = alphas[layer]
-                if isinstance(a, float) and a == 0.0:
-                    continue
-                self._hook_one(handle, sm, site, layer, gate, a, record, track_inputs)
-        except BaseException:
-            handle.detach()
-            raise
+        plain: dict[str, Callable[..., Tensor]] = {}
+        with_input: dict[str, Callable[..., Tensor]] = {}
+        for placement, layer, gate in self.items():
+            a = alphas[layer]
+            if isinstance(a, float) and a == 0.0:
+                continue
+            edit = self._edit(handle, placement, layer, gate, a, record, track_inputs)
+            (with_input if gate.input_dependent else plain)[hook_site(placement, layer)] = edit
+        handle._open(plain, with_input)
         return handle
 
     @contextlib.contextmanager
@@ -303,65 +363,35 @@ class GateSet(nn.Module):
         if p is not None and p.device != lm.device:
             self.to(lm.device)
 
-    def _hook_one(
+    def _edit(
         self,
         handle: GateHandle,
-        sm: Any,
-        site: str,
+        placement: str,
         layer: int,
         gate: Gate,
         a: Any,
         record: Recorder | None,
         track_inputs: bool,
-    ) -> None:
-        key = self.key(site, layer)
-        adapter = sm.adapter
-        stash = handle._stash
-        if site == "attn":
-            source = sm.module(layer, adapter.attn)  # its input is x
-            target, how = sm.module(layer, adapter.o_proj), "pre"  # its input is z
-        else:
-            source = sm.module(layer, adapter.mlp)
-            target, how = sm.module(layer, adapter.mlp_out or adapter.mlp), "out"
+    ) -> Callable[..., Tensor]:
+        """The ``intervene`` edit of one gate: ``y -> y * g_alpha`` (``(y, x) -> ...`` for input-dependent kinds)."""
+        key = self.key(placement, layer)
 
-        if gate.input_dependent:
-
-            def keep_x(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-                stash[key] = _pre_input(args, kwargs)
-
-            handle._handles.append(source.register_forward_pre_hook(keep_x, with_kwargs=True))
-
-        def gated(y: Tensor) -> Tensor:  # y: [batch, pos, channels]
-            if y.shape[-1] != gate.channels:
+        def gated(y: Tensor, x: Tensor | None = None) -> Tensor:
+            # y: [batch, pos, n_heads, d_head] at attn (hook_z), [batch, pos, d_model] at mlp
+            flat = y.flatten(-2) if placement == "attn" else y  # [batch, pos, channels]
+            if flat.shape[-1] != gate.channels:
                 raise WorkbenchError(
-                    f"gate at {site} layer {layer} has {gate.channels} channels, the activation has {y.shape[-1]}"
+                    f"gate at {placement} layer {layer} has {gate.channels} channels, the activation has "
+                    f"{flat.shape[-1]}"
                 )
-            x = None
-            if gate.input_dependent:
-                x = stash.pop(key, None)
-                if x is None:
-                    raise WorkbenchError(
-                        f"gate at {site} layer {layer}: the {site} module's input was not seen before its output"
-                    )
             g = gate(x)
             if record is not None:
-                record(site, layer, g)
+                record(placement, layer, g)
             if track_inputs:
                 handle.inputs[key] = None if x is None else x.detach()
-            return y * apply_alpha(g, a, y).to(y.dtype)
+            return (flat * apply_alpha(g, a, flat).to(flat.dtype)).view(y.shape)
 
-        if how == "pre":
-
-            def on_pre(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                return _replace_pre_input(args, kwargs, gated(_pre_input(args, kwargs)))
-
-            handle._handles.append(target.register_forward_pre_hook(on_pre, with_kwargs=True))
-        else:
-
-            def on_out(mod: nn.Module, args: tuple, output: Any) -> Any:
-                return _replace_first(output, gated(_first(output)))
-
-            handle._handles.append(target.register_forward_hook(on_out))
+        return gated
 
     # ------------------------------------------------------------------ regularisation
     def sparsity(
@@ -375,11 +405,11 @@ class GateSet(nn.Module):
         """
         recorded = inputs.inputs if isinstance(inputs, GateHandle) else inputs
         terms = []
-        for site, layer, gate in self.items():
+        for placement, layer, gate in self.items():
             if not gate.input_dependent:
                 terms.append((gate() - 1.0).abs().mean())
                 continue
-            x = recorded.get(self.key(site, layer))
+            x = recorded.get(self.key(placement, layer))
             if x is None:
                 continue
             dev = (gate(x) - 1.0).abs().mean(dim=-1)  # [batch, pos]
@@ -395,15 +425,16 @@ class GateSet(nn.Module):
 
     # ------------------------------------------------------------------ artifacts
     def tensors(self) -> dict[str, Tensor]:
-        """Parameters keyed ``blocks.{l}.<hook site>.<name>`` (one tensor group per gated site)."""
+        """Parameters keyed ``blocks.{l}.<hook site>.<name>`` (one tensor group per gated hook site)."""
         out = {}
-        for site, layer, gate in self.items():
+        for placement, layer, gate in self.items():
             for name, p in gate.named_parameters():
-                out[f"blocks.{layer}.{HOOK_KIND[site]}.{name}"] = p.detach()
+                out[f"{hook_site(placement, layer)}.{name}"] = p.detach()
         return out
 
     def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``gates.safetensors``-style artifact with kind, sites, layers, rank and the model fingerprint."""
+        """Write a ``gates.safetensors``-style artifact with kind, placements (also under the old key ``sites``),
+        layers, rank and the model fingerprint."""
         meta = {**self.describe(), **(metadata or {})}
         return save_artifact(
             path, self.tensors(), kind=ARTIFACT_KIND, fingerprint=self.fingerprint, metadata=meta
@@ -448,9 +479,14 @@ class GateSet(nn.Module):
                 raise WorkbenchError(
                     f"implausible gate sizes (d_in {d_in}, channels {channels}, n_heads {n_heads}, rank {rank})"
                 )
+            placements = meta["placements"] if "placements" in meta else meta["sites"]
+            if "placements" in meta and "sites" in meta and list(meta["sites"]) != list(placements):
+                raise WorkbenchError(
+                    f"metadata 'placements' {list(placements)} and 'sites' {list(meta['sites'])} disagree"
+                )
             gs = cls(
                 str(meta["gate_kind"]),
-                list(meta["sites"]),
+                list(placements),
                 [int(l) for l in meta["layers"]],
                 d_in=d_in,
                 channels=channels,
@@ -472,12 +508,12 @@ class GateSet(nn.Module):
                 f"'{path}': gate tensors do not match its metadata (missing {missing[:3]}, extra {extra[:3]})"
             )
         with torch.no_grad():
-            for site, layer, gate in gs.items():
+            for placement, layer, gate in gs.items():
                 for name, p in gate.named_parameters():
-                    t = art.tensors[f"blocks.{layer}.{HOOK_KIND[site]}.{name}"]
+                    t = art.tensors[f"{hook_site(placement, layer)}.{name}"]
                     if t.shape != p.shape:
                         raise WorkbenchError(
-                            f"'{path}': tensor blocks.{layer}.{HOOK_KIND[site]}.{name} has shape "
+                            f"'{path}': tensor {hook_site(placement, layer)}.{name} has shape "
                             f"{tuple(t.shape)}, expected {tuple(p.shape)}"
                         )
                     p.copy_(t)

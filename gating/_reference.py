@@ -9,7 +9,7 @@ variant multiplies by ``2 - g``. The trained gates are saved with ``torch.save``
     model.layers.{i}.self_attn.gate_proj_myself.weight   [num_heads * head_dim, hidden_size]
     model.layers.{i}.self_attn.gate_proj_myself.bias     [num_heads * head_dim]
 
-That is exactly the workbench's ``input_dependent`` kind at site ``attn`` (``proj.weight``, ``proj.bias``;
+That is exactly the workbench's ``input_dependent`` kind at placement ``attn`` (``proj.weight``, ``proj.bias``;
 channel ``h * head_dim + d`` on both sides), and the inversion is ``alpha = -1`` (``max(0, 1 - (g - 1)) = 2 - g``
 since ``g <= 2``). Layers absent from a checkpoint get no gate, which is what an identity gate does.
 """
@@ -29,7 +29,7 @@ from workbench import WorkbenchError
 from workbench._io import atomic_path, check_regular_file, one_line
 from workbench._options import printable
 
-from ._gateset import GateSet, site_channels
+from ._gateset import GateSet, placement_channels
 
 #: ``[prefix]layers.{i}.self_attn.gate_proj_myself.{weight,bias}``; the prefixes are the reference's own
 #: (``model.``), a PEFT wrapper's (``base_model.model.model.``) and DDP's (``module.``).
@@ -159,7 +159,7 @@ def load_reference_gates(path: str | os.PathLike[str], lm: Any) -> GateSet:
             f"'{p}': gates at layer(s) {bad}, but the model has {sm.n_layers} layers (0..{sm.n_layers - 1})"
         )
     layers = sorted(found)
-    widths = {site_channels(lm, "attn", l) for l in layers}
+    widths = {placement_channels(lm, "attn", l) for l in layers}
     if len(widths) != 1:
         raise WorkbenchError(
             f"'{p}': the model's gated layers have different attention widths {sorted(widths)}"
@@ -206,14 +206,14 @@ def export_reference_gates(gates: GateSet, path: str | os.PathLike[str], *, pref
     """Write ``gates`` in the reference layout: safetensors for ``.safetensors``, ``torch.save`` of a plain dict of
     float32 tensors for ``.pth``/``.pt`` (what the reference code's ``load_state_dict(strict=False)`` takes).
 
-    Only ``input_dependent`` gates at ``attn`` alone have that layout; other kinds or sites are refused.
+    Only ``input_dependent`` gates at ``attn`` alone have that layout; other kinds or placements are refused.
     ``prefix`` is put before ``layers.{i}`` (the reference's ``model.``, or ``base_model.model.model.`` for a
     PEFT-wrapped model, or ``''``). The write is atomic (temp file + rename).
     """
-    if gates.kind != "input_dependent" or tuple(gates.sites) != ("attn",):
+    if gates.kind != "input_dependent" or tuple(gates.placements) != ("attn",):
         raise WorkbenchError(
             f"the reference checkpoint holds only input_dependent gates at site 'attn'; these are "
-            f"'{gates.kind}' gates at {list(gates.sites)}"
+            f"'{gates.kind}' gates at {list(gates.placements)}"
             + (" (save the attn gates as their own GateSet)" if gates.kind == "input_dependent" else "")
         )
     if prefix and not REFERENCE_KEY.match(reference_key(0, "bias", prefix)):

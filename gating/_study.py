@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench.runs import ADAPTER_DIR, GATES_FILE
+
 log = logging.getLogger("gating.study")
 
 
@@ -225,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
         results["conditions"]["base"] = measure(base, "base", out, None, None, data, args)
         del base
 
-    ft_a = apply_adapter(load_model(args.model, device=args.device), run_a / "adapter")
-    gates_a = GateSet.load(run_a / "gates.safetensors", ft_a)
+    ft_a = apply_adapter(load_model(args.model, device=args.device), run_a / ADAPTER_DIR)
+    gates_a = GateSet.load(run_a / GATES_FILE, ft_a)
     for alpha in alphas:
         label = f"A_alpha{alpha:g}"
         results["conditions"][label] = measure(ft_a, label, out, gates_a, alpha, data, args)
@@ -239,10 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     del ft_a
 
-    ft_b = apply_adapter(load_model(args.model, device=args.device), run_b / "adapter")
+    ft_b = apply_adapter(load_model(args.model, device=args.device), run_b / ADAPTER_DIR)
     if not args.skip_reference:
         results["conditions"]["B_lora_only"] = measure(ft_b, "B_lora_only", out, None, None, data, args)
-    gates_t = GateSet.load(run_a / "gates.safetensors", ft_b)
+    gates_t = GateSet.load(run_a / GATES_FILE, ft_b)
     for alpha in transfer_alphas:
         label = f"B+gatesA_alpha{alpha:g}"
         results["conditions"][label] = measure(ft_b, label, out, gates_t, alpha, data, args)

@@ -1,19 +1,22 @@
-"""``train_gates``: a small self-contained trainer for gates alone or gates plus a trainable PEFT model.
+"""``train_gates``: gates (alone or with a PEFT model's LoRA) trained on chat rows by the one training loop.
 
-The full training loop (``workbench train`` with the ``gates`` plugin) is the way for real runs; this one
-exists for tests, notebooks and quick studies. Loss: token-mean cross-entropy on assistant tokens only
-(prompt and padding excluded), plus ``l1 * mean |g - 1|`` when ``l1 > 0``.
+``train_gates`` runs ``workbench.training.Trainer`` with the ``gates`` plugin on an already loaded model, for
+notebooks and quick studies (``workbench train`` with a ``gates:`` block is the way for real runs). Loss: the
+loop's token-mean cross-entropy on assistant tokens only (prompt and padding excluded), plus
+``l1 * mean |g - 1|`` when ``l1 > 0``. ``tokenize_rows``, ``collate`` and ``lm_loss`` are small helpers for
+single forward passes outside the loop.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import random
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from workbench import WorkbenchError
 from workbench.chat import assistant_mask
@@ -63,10 +66,6 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _is_peft(model: Any) -> bool:
-    return hasattr(model, "peft_config")
-
-
 def train_gates(
     lm: Any,
     rows: Sequence[dict[str, Any]],
@@ -89,64 +88,76 @@ def train_gates(
 ) -> GateSet:
     """Train gates on chat ``rows`` (assistant-only loss) and return them; ``gates.history`` holds the losses.
 
-    ``train_model=None`` trains the model's trainable parameters too when ``lm.model`` is a PEFT model (LoRA
-    and gates together); otherwise only the gates learn and the base stays frozen. The model's
-    ``requires_grad`` flags and train/eval mode are restored afterwards.
+    A thin call of the training loop (``workbench.training.Trainer`` with the ``gates`` plugin) on the
+    already loaded ``lm``, in a temporary run directory: no weight decay, no clipping, no warm-up, the loop's
+    linear decay of the learning rates. ``train_model=None`` trains the model's trainable parameters too
+    (at ``model_lr``) when ``lm.model`` is a PEFT model (LoRA and gates together); otherwise only the gates
+    learn and the base stays frozen. The model's ``requires_grad`` flags and train/eval mode are restored
+    afterwards. ``gates.history`` gets one row per optimizer step: ``step`` (0-based), ``epoch``, ``loss``
+    (the task loss) and ``l1`` (mean |g - 1|, when ``l1 > 0``).
     """
-    if gates is None:
-        gates = GateSet.create(lm, kind=kind, sites=sites, layers=layers, rank=rank, seed=seed)
+    from workbench.training import TrainConfig, Trainer
+
+    from .training import GatesConfig, GatesPlugin
+
     model = lm.model
     if train_model is None:
-        train_model = _is_peft(model)
-    model_params = [p for p in model.parameters() if p.requires_grad] if train_model else []
-    if train_model and not model_params:
+        train_model = hasattr(model, "peft_config")
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    if train_model and not any(flag for _, flag in flags):
         raise WorkbenchError(
             "train_model=True but the model has no trainable parameters (wrap it with LoRA first)"
         )
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    settings = GatesConfig(kind=kind, sites=tuple(sites), layers=None if layers is None else list(layers),
+                           lr=lr, l1=l1, rank=rank)  # fmt: skip
+    if gates is not None:
+        settings = GatesConfig(kind=gates.kind, sites=tuple(gates.sites), layers=list(gates.layers),
+                               lr=lr, l1=l1, rank=gates.rank)  # fmt: skip
     was_training = model.training
-    groups = [{"params": list(gates.parameters()), "lr": lr, "weight_decay": 0.0}]
-    if model_params:
-        groups.append({"params": model_params, "lr": model_lr, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups)
-    data = tokenize_rows(lm.tokenizer, rows, max_length)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    rng = random.Random(seed)
-    n_batches = (len(data) + batch_size - 1) // batch_size
-    total = epochs * n_batches
-    gates.train()
-    try:
-        for p, _ in flags:
-            p.requires_grad_(train_model and p.requires_grad)
-        if train_model:
-            model.train()
-        step = 0
-        bar = tqdm(total=total, desc="training gates", disable=not progress, unit="batch")
-        for epoch in range(epochs):
-            order = list(range(len(data)))
-            rng.shuffle(order)
-            for b in range(n_batches):
-                batch = collate(
-                    [data[i] for i in order[b * batch_size : (b + 1) * batch_size]], pad, lm.device
-                )
-                with gates.attached(lm, alpha=1.0, track_inputs=l1 > 0) as handle:
-                    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                    ce = lm_loss(out.logits, batch["labels"])
-                    reg = gates.sparsity(handle, batch["attention_mask"]) if l1 > 0 else ce.new_zeros(())
-                loss = (ce + l1 * reg) / grad_accum
-                loss.backward()
-                if (b + 1) % grad_accum == 0 or b + 1 == n_batches:
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                gates.history.append({"step": step, "epoch": epoch, "loss": ce.item(), "l1": reg.item()})
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{ce.item():.3f}")
-        bar.close()
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-        gates.eval()
-        opt.zero_grad(set_to_none=True)
-    return gates
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "rows.jsonl"
+        data.write_text("".join(json.dumps(dict(r)) + "\n" for r in rows), encoding="utf-8")
+        cfg = TrainConfig.from_dict(
+            {
+                "model": "smollm2-135m",  # not loaded: the trainer trains ``lm``
+                "device": str(lm.device),
+                "data": [{"path": str(data)}],
+                "lora": None,
+                "optim": {"lr": model_lr, "weight_decay": 0.0, "warmup_steps": 0, "grad_accum": grad_accum,
+                          "max_grad_norm": None, "epochs": epochs, "batch_size": batch_size,
+                          "max_length": max_length, "seed": seed},
+                "checkpoint_every": 0,
+                "plots": False,
+            },
+            "train_gates",
+            complete=False,
+        )  # fmt: skip
+        plugin = GatesPlugin(settings, gates=gates)
+        try:
+            if not train_model:
+                for p, _ in flags:
+                    p.requires_grad_(False)
+            trainer = Trainer(cfg, Path(tmp) / "run", progress=progress, lm=lm)
+            trainer.add_component(plugin, kind="plugin")
+            trainer.setup()
+            trainer.run()
+            rows_out = [
+                json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
+            ]
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            model.train(was_training)
+    out = plugin.gates
+    assert out is not None
+    out.eval()
+    for r in rows_out:
+        out.history.append(
+            {
+                "step": r["step"] - 1,
+                "epoch": int((r["step"] - 1) // trainer.steps_per_epoch),
+                "loss": r["task_loss"],
+                "l1": r.get("gates_l1", 0.0) / l1 if l1 > 0 else 0.0,
+            }
+        )
+    return out

@@ -13,7 +13,8 @@ Config block (all keys optional)::
 
 The trained gates are written to ``<run_dir>/gates.safetensors`` (kind ``gates``; metadata: gate kind,
 sites, layers, rank, model fingerprint). Importing this module registers the plugin with the loop
-(``workbench.training`` imports it by itself when a config has a ``gates:`` block).
+(``register_component``); ``workbench.training`` imports it by itself when a config has a ``gates:`` block,
+through this package's ``workbench.training`` entry point.
 
 Gates are attached (alpha 1) around every policy forward pass and absent from reference passes (KL to the
 reference model and the like compare against the base model without LoRA and without gates).
@@ -22,80 +23,77 @@ reference model and the like compare against the base model without LoRA and wit
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from workbench import WorkbenchError
-from workbench.training import TrainPlugin, register_plugin
+from workbench import WorkbenchError, runs
+from workbench.settings import Bounds, from_mapping, setting, to_mapping
+from workbench.training import TrainPlugin, register_component
 
 from ._gate import GATE_SITES, gate_class
 from ._gateset import GateHandle, GateSet
 
-GATES_FILE = "gates.safetensors"
+GATES_FILE = runs.GATES_FILE  # the run directory's names are workbench.runs'
 
 
 @dataclass
 class GatesConfig:
     """The ``gates:`` block of a training config."""
 
-    kind: str = field(default="input_dependent", metadata={"help": "gate kind (see gating.GATE_KINDS)"})
-    sites: tuple[str, ...] = field(default=("attn",), metadata={"help": "attn and/or mlp"})
-    layers: list[int] | None = field(default=None, metadata={"help": "gated layers; null = all"})
-    lr: float = field(default=1e-2, metadata={"help": "learning rate of the gates"})
-    l1: float = field(default=0.0, metadata={"help": "weight of the sparsity penalty mean |g - 1|"})
-    rank: int = field(default=8, metadata={"help": "rank of low_rank gates"})
+    kind: str = setting("input_dependent", help="gate kind (see gating.GATE_KINDS)")
+    sites: tuple[str, ...] = setting(("attn",), help="attn and/or mlp")
+    layers: list[int] | None = setting(None, help="gated layers; null = all")
+    lr: float = setting(1e-2, help="learning rate of the gates", bounds=Bounds(0, 1e6))
+    l1: float = setting(0.0, help="weight of the sparsity penalty mean |g - 1|", bounds=Bounds(0, 1e6))
+    rank: int = setting(8, help="rank of low_rank gates", bounds=Bounds(1, 1_000_000))
+
+    def __post_init__(self) -> None:
+        self.sites = (self.sites,) if isinstance(self.sites, str) else tuple(self.sites)
+        for s in self.sites:
+            if s not in GATE_SITES:
+                raise ValueError(f"'sites': unknown site '{s}' (choose from {list(GATE_SITES)})")
+        gate_class(self.kind)  # unknown kind -> clear error
+        if self.layers is not None:
+            self.layers = [int(x) for x in self.layers]
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None) -> GatesConfig:
-        raw = dict(raw or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise WorkbenchError(f"gates: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        cfg = cls(**raw)
-        if isinstance(cfg.sites, str):
-            cfg.sites = (cfg.sites,)
-        cfg.sites = tuple(cfg.sites)
-        for s in cfg.sites:
-            if s not in GATE_SITES:
-                raise WorkbenchError(f"gates.sites: unknown site '{s}' (choose from {list(GATE_SITES)})")
-        gate_class(cfg.kind)  # unknown kind -> clear error
-        for key in ("lr", "l1"):
-            value = getattr(cfg, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise WorkbenchError(f"gates.{key} must be a non-negative number, got {value!r}")
-        if cfg.layers is not None:
-            cfg.layers = [int(l) for l in cfg.layers]
-        return cfg
+    def from_dict(cls, raw: Mapping[str, Any] | None, where: str = "config") -> GatesConfig:
+        """Validate a ``gates:`` block; errors name the key (``gates.l1``) and the accepted values."""
+        return from_mapping(cls, dict(raw or {}), where, prefix="gates.")
 
     def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["sites"] = list(self.sites)
-        return d
+        return to_mapping(self)
 
 
 class GatesPlugin(TrainPlugin):
     """Trains a ``GateSet`` inside the loop: the gates are attached at alpha 1 around every policy pass."""
 
     name = "gates"
+    Settings = GatesConfig
 
-    def __init__(self, settings: Mapping[str, Any] | GatesConfig | None = None) -> None:
+    def __init__(
+        self, settings: Mapping[str, Any] | GatesConfig | None = None, gates: GateSet | None = None
+    ) -> None:
+        """``gates``: train these (made for the loop's model) instead of identity gates built in ``setup``."""
         self.config = settings if isinstance(settings, GatesConfig) else GatesConfig.from_dict(settings)
         self.settings = self.config
-        self.gates: GateSet | None = None
+        self.gates: GateSet | None = gates
         self.lm: Any = None
         self._handle: GateHandle | None = None
         self._inputs: dict[str, Tensor | None] = {}
 
     def setup(self, ctx: Any) -> None:
-        """Identity gates for the loop's model (``ctx.lm``, LoRA attached or not), seeded by ``ctx.seed``."""
+        """Identity gates for the loop's model (``ctx.lm``, LoRA attached or not), seeded by ``ctx.seed`` (or the
+        gates given to the constructor)."""
         self.lm = ctx.lm
         c = self.config
+        if self.gates is not None:
+            self.gates.train()
+            return
         self.gates = GateSet.create(
             self.lm,
             kind=c.kind,
@@ -166,4 +164,4 @@ class GatesPlugin(TrainPlugin):
         return self.gates
 
 
-register_plugin("gates", GatesPlugin)
+register_component("gates", GatesConfig, GatesPlugin, kind="plugin")

@@ -8,18 +8,11 @@ from typing import Annotated
 
 import typer
 
+from workbench import DEFAULT_MODEL
+from workbench.cli_common import CheckModelOpt, FileOverwriteOpt, ModelOpt, SeedOpt, load_model_quietly
+
 DEFAULT_N_INSTRUCTIONS = 2
 """Instruction pairs used by default on the command line (all five cost 2.5x the time on a CPU)."""
-
-
-def _load(spec: str):
-    from transformers.utils import logging as hf_logging
-
-    from workbench import load_model
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    return load_model(spec)
 
 
 def rows_path(out: Path) -> Path:
@@ -58,12 +51,7 @@ def extract_vector(
         Path,
         typer.Option("--out", "-o", help="Output .safetensors file; rows go to <stem>_rows.jsonl beside it."),
     ],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="Model spec: smollm2-135m (default), a folder, a hub id, random:<shape>."
-        ),
-    ] = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
     judge: Annotated[
         str,
         typer.Option("--judge", "-j", help="Judge spec: none (keep every pair), hf:<model>, openai:<model>."),
@@ -87,7 +75,7 @@ def extract_vector(
     max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per answer.")] = 64,
     temperature: Annotated[float, typer.Option(help="Sampling temperature for the answers.")] = 1.0,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation / forward batch.")] = 16,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: SeedOpt = 0,
     overwrite: Annotated[
         bool, typer.Option(help="Replace --out and its rows file if they exist (never an input file).")
     ] = False,
@@ -118,7 +106,7 @@ def extract_vector(
     # folder) is never replaced
     check_output_files([out, rows_path(Path(out))], overwrite=overwrite, inputs=[trait, model])
     start = time.perf_counter()
-    lm = _load(model)
+    lm = load_model_quietly(model)
     judge_obj: object = judge
     if judge.strip() != "none":
         from workbench.judges import make_judge
@@ -169,12 +157,7 @@ def screen(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/screen-<time>).")
     ] = None,
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="Model spec: smollm2-135m (default), a folder, a hub id, random:<shape>."
-        ),
-    ] = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
     threshold: Annotated[
         float | None, typer.Option(help="Flag examples above this difference (default: mean + 2 std).")
     ] = None,
@@ -205,7 +188,7 @@ def screen(
     if out is not None:  # refused at once, not after loading the model
         check_run_dir(out, overwrite=overwrite, inputs=[vector, data, model])
     rows = load_chat_jsonl(data, prompts_only=False)
-    lm = _load(model)
+    lm = load_model_quietly(model)
     vec = PersonaVector.load(vector, statistic=statistic, fingerprint=lm.fingerprint)
     vec.layer(layer)  # a clear error before any work
     run = prepare_run_dir(out, "screen", overwrite=overwrite, inputs=[vector, data, model])
@@ -297,7 +280,7 @@ def vector_export(
         ),
     ] = None,
     scale: Annotated[float, typer.Option(help="Multiply every direction by this.")] = 1.0,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    overwrite: FileOverwriteOpt = False,
 ) -> None:
     """Write a llama.cpp control vector: block l becomes direction.l (block 0 cannot be steered there)."""
     from workbench.runs import check_output_files
@@ -324,12 +307,7 @@ def vector_import(
         Path, typer.Argument(help="A llama.cpp control vector (.gguf) or a persona_vectors .pt tensor file.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="persona_vector .safetensors file to write.")],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", help="Check the vector against this model spec and take its fingerprint."
-        ),
-    ] = None,
+    model: CheckModelOpt = None,
     trait: Annotated[
         str | None, typer.Option(help="Trait name (default: the file's, else 'imported').")
     ] = None,
@@ -344,7 +322,7 @@ def vector_import(
             "(direction.N was block N-1)."
         ),
     ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    overwrite: FileOverwriteOpt = False,
 ) -> None:
     """Import a GGUF control vector (direction.N = block N) or a .pt file (row l+1 = block l)."""
     from workbench import WorkbenchError
@@ -366,7 +344,7 @@ def vector_import(
         )
     if old_workbench_numbering and not is_gguf:
         raise WorkbenchError("--old-workbench-numbering applies to GGUF control vectors only")
-    fp = _load(model).fingerprint if model is not None else None
+    fp = load_model_quietly(model).fingerprint if model is not None else None
     if is_gguf:
         vec = import_gguf(
             source, fp, trait=trait, statistic=statistic, from_old_workbench=old_workbench_numbering

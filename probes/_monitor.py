@@ -23,7 +23,6 @@ the model back in training mode.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fnmatch
 import json
 import logging
@@ -39,8 +38,9 @@ import torch
 
 from workbench import WorkbenchError
 from workbench._io import append_jsonl, atomic_write_json, atomic_write_text
+from workbench.runs import ALERTS_JSONL, MONITOR_JSON, MONITOR_JSONL, RunDir, read_json, read_jsonl
+from workbench.settings import from_mapping, setting, to_mapping
 from workbench.training import DataSource, TrainPlugin
-from workbench.training._config import _f
 
 from ._vector import STATISTICS  # the one list of persona-vector statistics
 
@@ -49,9 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MONITOR_FILE = "monitor.jsonl"
-ALERTS_FILE = "alerts.jsonl"
-PROBES_FILE = "monitor.json"
+MONITOR_FILE = MONITOR_JSONL  # the run-directory names are workbench.runs' (docs/runs.md)
+ALERTS_FILE = ALERTS_JSONL
+PROBES_FILE = MONITOR_JSON
 DEFAULT_EVERY = 20
 RULES = ("rise_sd", "rise_abs", "above", "below")
 ACTIONS = ("warn", "stop")
@@ -66,10 +66,10 @@ MIN_SD_EXAMPLES = 4
 class VectorProbe:
     """A persona vector to project onto, at some layers."""
 
-    path: str = _f(help="persona_vector .safetensors artifact (made for the trained model)")
-    layers: list[int] = _f(help="layers l: site blocks.{l}.hook_resid_post", default_factory=list)
-    statistic: str = _f("response_avg", help="which vector of the file", choices=STATISTICS)
-    name: str | None = _f(None, help="name in the signal names (default: the vector's trait)")
+    path: str = setting(help="persona_vector .safetensors artifact (made for the trained model)")
+    layers: list[int] = setting(help="layers l: site blocks.{l}.hook_resid_post", default_factory=list)
+    statistic: str = setting("response_avg", help="which vector of the file", choices=STATISTICS)
+    name: str | None = setting(None, help="name in the signal names (default: the vector's trait)")
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -84,18 +84,18 @@ class VectorProbe:
 class AlertRule:
     """One threshold: ``signal`` (a name or a glob such as ``proj/evil/*``) against its start-of-training value."""
 
-    signal: str = _f(help="signal name or glob pattern (proj/evil/L12, proj/*, pref_gap, indomain_loss)")
-    rule: str = _f(
+    signal: str = setting(help="signal name or glob pattern (proj/evil/L12, proj/*, pref_gap, indomain_loss)")
+    rule: str = setting(
         "rise_sd",
         help="rise_sd: value > start + k * sd (sd: spread over the probe examples at the start); "
         "rise_abs: value > start + value; above / below: value beyond the fixed 'value'",
         choices=RULES,
     )
-    k: float = _f(3.0, help="standard deviations, for rise_sd")
-    value: float | None = _f(None, help="the threshold for rise_abs (a positive rise), above and below")
-    action: str = _f("warn", help="warn: log line + alerts.jsonl; stop: also end the run with a checkpoint",
+    k: float = setting(3.0, help="standard deviations, for rise_sd")
+    value: float | None = setting(None, help="the threshold for rise_abs (a positive rise), above and below")
+    action: str = setting("warn", help="warn: log line + alerts.jsonl; stop: also end the run with a checkpoint",
                      choices=ACTIONS)  # fmt: skip
-    consecutive: int = _f(1, help="measurements in a row beyond the threshold before the alert fires")
+    consecutive: int = setting(1, help="measurements in a row beyond the threshold before the alert fires")
 
     def __post_init__(self) -> None:
         if not self.signal.strip():
@@ -120,29 +120,31 @@ class AlertRule:
 class MonitorSettings:
     """The ``monitor:`` block of a training config."""
 
-    every: int = _f(
+    every: int = setting(
         DEFAULT_EVERY, help="measure every N optimizer steps (and before the first, after the last)"
     )
-    vectors: list[VectorProbe] = _f(help="persona vectors and layers to project onto", default_factory=list)
-    reference: DataSource | None = _f(
+    vectors: list[VectorProbe] = setting(
+        help="persona vectors and layers to project onto", default_factory=list
+    )
+    reference: DataSource | None = setting(
         help="teacher-forced reference answers (chat rows: the last assistant turn; pairs: the aligned "
         "answer); null: no reference projections",
         default_factory=lambda: DataSource(name="contrastive_pairs", n=16, seed=0),
     )
-    generate: int = _f(4, help="greedy generations from the first N reference prompts (0: none)")
-    max_new_tokens: int = _f(16, help="tokens per greedy generation")
-    pairs: DataSource | None = _f(
+    generate: int = setting(4, help="greedy generations from the first N reference prompts (0: none)")
+    max_new_tokens: int = setting(16, help="tokens per greedy generation")
+    pairs: DataSource | None = setting(
         help="general-domain (question, aligned, misaligned) pairs for pref_gap; null: none",
         default_factory=lambda: DataSource(name="contrastive_pairs", n=16, seed=1),
     )
-    indomain: DataSource | None = _f(
+    indomain: DataSource | None = setting(
         None,
         help="held-out in-domain chat rows (null: the run's eval_data, else rows of the first shipped "
         "training generator drawn with seed + 1 and not in the training set)",
     )
-    indomain_n: int = _f(8, help="in-domain rows to use (0: no in-domain signals)")
-    batch_size: int = _f(16, help="sequences per forward pass")
-    alerts: list[AlertRule] = _f(help="threshold rules (see docs/monitor.md)", default_factory=list)
+    indomain_n: int = setting(8, help="in-domain rows to use (0: no in-domain signals)")
+    batch_size: int = setting(16, help="sequences per forward pass")
+    alerts: list[AlertRule] = setting(help="threshold rules (see docs/monitor.md)", default_factory=list)
 
     def __post_init__(self) -> None:
         for key in ("every", "max_new_tokens", "batch_size"):
@@ -158,12 +160,10 @@ class MonitorSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "config") -> MonitorSettings:
         """Validate a ``monitor:`` block; errors name the key (``monitor.alerts.0.rule``)."""
-        from workbench.training._config import build_dataclass
-
-        return build_dataclass(cls, data or {}, where, prefix="monitor.")
+        return from_mapping(cls, data or {}, where, prefix="monitor.")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_mapping(self)
 
 
 # ---------------------------------------------------------------------------------------------- alert logic
@@ -650,17 +650,7 @@ class Monitor(TrainPlugin):
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-        if isinstance(obj, dict):
-            rows.append(obj)
-    return rows
+    return read_jsonl(path)  # no rows for a missing file; a line cut by a crash is skipped
 
 
 def _rewrite(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -740,27 +730,20 @@ def read_monitor(run_dir: str | Path) -> MonitorLog:
     run = Path(run_dir)
     if not run.is_dir():
         raise WorkbenchError(f"run directory '{run}' does not exist")
+    rd = RunDir(run)
     rows = _read_jsonl(run / MONITOR_FILE)
     alerts = _read_jsonl(run / ALERTS_FILE)
     every = None
-    probes = _read_json(run / PROBES_FILE)
+    probes = read_json(run / PROBES_FILE)
     if probes:
         every = (probes.get("settings") or {}).get("every")
-    summary = _read_json(run / "train_summary.json") or {}
+    summary = rd.train_summary() or {}
     status = "running"
     if summary.get("finished"):
         status = "finished"
     elif summary.get("stopped_by"):
         status = "stopped"
     return MonitorLog(run, rows, alerts, every, summary.get("steps"), status)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------- overhead
@@ -821,7 +804,7 @@ def monitor_overhead(
         trainer.components.append(mon)
         trainer.run()
         log_ = read_monitor(run)
-        steps_rows = _read_jsonl(run / "metrics.jsonl")
+        steps_rows = RunDir(run).metrics()
     passes = sorted(float(r["monitor_seconds"]) for r in log_.rows)
     step_secs = sorted(float(r["seconds"]) for r in steps_rows)
     pass_s = passes[len(passes) // 2]

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workbench.runs import ADAPTER_DIR, CHECKPOINTS_DIR, MONITOR_JSONL, VECTORS_DIR, RunDir
+
 log = logging.getLogger(__name__)
 
 ORGANISMS: dict[str, dict[str, Any]] = {
@@ -50,7 +52,7 @@ def prepare_vectors(
     out: Path, model: str = SETTINGS["model"], traits: tuple[str, ...] = ("evil", "sycophantic")
 ) -> dict[str, Path]:
     """``<out>/vectors/<trait>.safetensors`` for each trait (extracted with small settings unless present)."""
-    paths = {t: Path(out) / "vectors" / f"{t}.safetensors" for t in traits}
+    paths = {t: Path(out) / VECTORS_DIR / f"{t}.safetensors" for t in traits}
     missing = [t for t, p in paths.items() if not p.exists()]
     if missing:
         from workbench import load_model
@@ -113,11 +115,10 @@ def run_study(
     done = []
     for run in runs or RUNS:
         target = out / "runs" / run
-        summary = target / "train_summary.json"
-        if summary.exists() and json.loads(summary.read_text()).get("finished"):
+        if (RunDir(target).train_summary() or {}).get("finished"):
             done.append(target)
             continue
-        resume = (target / "checkpoints").exists()
+        resume = (target / CHECKPOINTS_DIR).exists()
         log.info("study run %s (%s)", run, "resuming" if resume else "new")
         done.append(train(study_config(run, vectors, settings), target, resume=resume, overwrite=not resume,
                           progress=False))  # fmt: skip
@@ -127,10 +128,10 @@ def run_study(
 def study_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Per monitored step: the training loss of that step (mean of the steps since the last row) and every
     monitor signal."""
-    from ._monitor import _read_jsonl, read_monitor
+    from ._monitor import read_monitor
 
     mon = read_monitor(run_dir)
-    metrics = _read_jsonl(Path(run_dir) / "metrics.jsonl")
+    metrics = RunDir(run_dir).metrics()
     out, prev = [], 0
     for r in mon.rows:
         step = int(r["step"])
@@ -168,7 +169,7 @@ def control_analysis(out: str | Path, runs: list[str] | None = None, n: int = 8)
 
     out = Path(out)
     layers = SETTINGS["layers"]
-    traits = {t: PersonaVector.load(out / "vectors" / f"{t}.safetensors") for t in ("evil", "sycophantic")}
+    traits = {t: PersonaVector.load(out / VECTORS_DIR / f"{t}.safetensors") for t in ("evil", "sycophantic")}
     units = {
         t: {layer: v.layer(layer) / v.layer(layer).norm() for layer in layers} for t, v in traits.items()
     }
@@ -184,7 +185,7 @@ def control_analysis(out: str | Path, runs: list[str] | None = None, n: int = 8)
         rows.append({"run": "cos(evil, sycophantic)", "layer": layer,
                      "value": float(units["evil"][layer] @ units["sycophantic"][layer])})  # fmt: skip
     for run in runs or RUNS:
-        adapter = out / "runs" / run / "adapter"
+        adapter = out / "runs" / run / ADAPTER_DIR
         if not (adapter / "adapter_config.json").exists():
             continue
         lm = apply_adapter(load_model(SETTINGS["model"], device="cpu"), adapter)
@@ -217,7 +218,7 @@ def markdown_report(out: str | Path, runs: list[str] | None = None) -> str:
     parts: list[str] = []
     for run in runs or RUNS:
         run_dir = Path(out) / "runs" / run
-        if not (run_dir / "monitor.jsonl").exists():
+        if not (run_dir / MONITOR_JSONL).exists():
             continue
         mon = read_monitor(run_dir)
         rows = study_rows(run_dir)
@@ -250,7 +251,7 @@ def markdown_report(out: str | Path, runs: list[str] | None = None) -> str:
                 f"{'-' if share is None else f'{100 * share:.0f}%'} | {'-' if first is None else first} |"
             )
         over = mon.overhead()
-        metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        metrics = RunDir(run_dir).metrics()
         step_s = sorted(m["seconds"] for m in metrics)[len(metrics) // 2] if metrics else None
         pass_s = over["seconds_per_pass"]
         at20 = pass_s / (20 * step_s) if pass_s and step_s else None

@@ -22,6 +22,7 @@ from workbench import LoadedModel, WorkbenchError
 from workbench._html import write_figure_html
 from workbench._io import atomic_write_json, atomic_write_text
 from workbench.chat import Message
+from workbench.runs import RANKED_JSONL, SUMMARY_JSON
 
 from ._project import answer_projections
 from ._vector import PersonaVector
@@ -176,9 +177,9 @@ def write_screen_report(result: ScreenResult, out_dir: str | os.PathLike[str]) -
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
     paths = {
-        "ranked": out / "ranked.jsonl",
+        "ranked": out / RANKED_JSONL,
         "flags": out / "flags.jsonl",
-        "summary": out / "summary.json",
+        "summary": out / SUMMARY_JSON,
         "histogram": out / "histogram.html",
     }
     atomic_write_text(paths["ranked"], jsonl(result.ranked))

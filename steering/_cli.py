@@ -12,22 +12,15 @@ from typing import Annotated, Any
 
 import typer
 
-from workbench import WorkbenchError
+from workbench import DEFAULT_MODEL, WorkbenchError
 from workbench._options import printable
+from workbench.cli_common import CompileOpt, ModelOpt, SeedOpt, load_model_quietly
 
 from ._load import load_vector
 
 MIN_WIDTH = 20
 """The narrowest ``steer --width``: the answers are stacked below 63 columns and wrapped to the width."""
 
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Model spec: smollm2-135m (default), a local HF folder, a hub id, or random:<shape>.",
-    ),
-]
 VectorOpt = Annotated[
     Path,
     typer.Option(
@@ -45,19 +38,6 @@ ModeOpt = Annotated[str, typer.Option(help="add, ablate or ablate_add.")]
 NormalizeOpt = Annotated[
     bool, typer.Option(help="Scale the vector to unit norm per layer (alpha becomes a residual length).")
 ]
-
-
-def _load_model(spec: str) -> Any:
-    from workbench import load_model
-
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except Exception:  # pragma: no cover - transformers always present
-        pass
-    return load_model(spec)
 
 
 def _numbers(values: list[str] | None, cast: type, what: str) -> list[Any] | None:
@@ -101,7 +81,7 @@ def steer(
         float, typer.Option("--alpha", "-a", help="Steering coefficient (negative suppresses).")
     ],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="User prompt, chat-formatted.")],
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
     positions: PositionsOpt = "all",
     statistic: StatisticOpt = "response_avg",
     mode: ModeOpt = "add",
@@ -119,7 +99,7 @@ def steer(
     check_number(alpha, "--alpha")
     check_int(max_new_tokens, "--max-new-tokens")
     check_int(width, "--width", minimum=MIN_WIDTH)
-    lm = _load_model(model)
+    lm = load_model_quietly(model)
     vec = load_vector(vector, statistic, lm)
     steerer = Steerer(lm, vec, [layer], alpha, positions=positions, mode=mode, normalize=normalize)
     base = generate(lm, [prompt], max_new_tokens=max_new_tokens, system=system)[0]
@@ -152,7 +132,7 @@ def sweep_cmd(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Run directory for sweep.csv, sweep.html, summary.json.")
     ],
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
     layers: Annotated[
         list[str] | None,
         typer.Option(
@@ -190,14 +170,11 @@ def sweep_cmd(
     batch_size: Annotated[
         int | None, typer.Option(help="Prompts per generate call, >= 1 (default: all).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: SeedOpt = 0,
     batch_alphas: Annotated[
         bool, typer.Option(help="All coefficients of a layer in one generate call (one alpha per row).")
     ] = True,
-    compile: Annotated[
-        bool | None,
-        typer.Option(help="Static KV cache + torch.compile decoding (default: on for CUDA, off on the CPU)."),
-    ] = None,
+    compile: CompileOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
 ) -> None:
     """Steering effect per layer and coefficient: trait expression and coherence, with plots."""
@@ -209,7 +186,7 @@ def sweep_cmd(
     alpha_list = _numbers(alphas, float, "alphas")
     _check_sweep_numbers(alpha_list, samples, max_new_tokens, n_questions, coherence_tolerance, batch_size)
     run_dir = prepare_run_dir(out, "sweep", overwrite=overwrite, inputs=[vector, model, trait, pairs])
-    lm = _load_model(model)
+    lm = load_model_quietly(model)
     vec = load_vector(vector, statistic, lm)
     tr = _resolve_trait(trait, vec)
     questions = None

@@ -3,23 +3,26 @@
 Adding the trait direction while fine-tuning on data that would otherwise push the model along it
 relieves the optimiser of moving there itself; at inference (``model.eval()``) the hooks do nothing, so
 the fine-tuned model is evaluated unsteered. ``PreventiveSteering`` is the hook object;
-``PreventiveSteeringDefense`` is the same thing as a training-loop defense configured from data (a vector
-file, layers, a coefficient).
+``PreventiveSteeringDefense`` is the same thing as the training loop's ``preventive_steering`` defense,
+configured from data (a vector file, layers, a coefficient; ``PreventiveSteeringSettings``). It is the one
+definition: importing this module registers it with the loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
+import torch
 from torch import Tensor
 
 from workbench import WorkbenchError
+from workbench.settings import from_mapping, help_of, setting, to_mapping
+from workbench.training import Defense, TrainContext, register_component
 
 from ._steerer import MODES, POSITIONS, Alpha, Layers, Steerer, as_loaded
 
@@ -71,123 +74,151 @@ class PreventiveSteering(Steerer):
             yield self
 
 
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass
-class PreventiveSteeringDefense:
-    """Training-loop defense: preventive steering along a saved persona vector.
+class PreventiveSteeringSettings:
+    """The ``defenses: {preventive_steering: {...}}`` block (and ``PreventiveSteeringDefense``'s keywords)."""
+
+    vector: str = setting("", help="persona vector file (.safetensors, from `workbench extract-vector`)")
+    layers: list[int] = setting(
+        help="layers whose hook_resid_post is steered (at least one)", default_factory=list
+    )
+    alpha: float = setting(4.0, help="coefficient multiplying the vector (raw units unless normalize)")
+    statistic: str = setting("response_avg", help="which statistic of the vector file to use")
+    mode: str = setting("add", help="add, ablate or ablate_add", choices=MODES)
+    positions: str = setting(
+        "all", help="all, prompt or response tokens; response needs the batch's labels", choices=POSITIONS
+    )
+    normalize: bool = setting(False, help="scale each layer's vector to unit norm before alpha")
+
+    def __post_init__(self) -> None:
+        if not self.vector:
+            raise ValueError("'vector' (a persona vector file) is required")
+        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
+            self.layers = [self.layers]
+        if not self.layers:
+            raise ValueError("'layers' must list at least one layer")
+        self.layers = [int(x) for x in self.layers]
+        self.alpha = float(self.alpha)
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode '{self.mode}'; expected {', '.join(MODES)}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions '{self.positions}'; expected {', '.join(POSITIONS)}")
+
+
+_FIELDS = tuple(f.name for f in fields(PreventiveSteeringSettings))
+
+
+def _model_of(where: Any) -> Any:
+    """The model of a training context (``ctx.lm``), or ``where`` itself (a ``LoadedModel`` or HF model)."""
+    if isinstance(where, TrainContext):
+        return where.lm
+    inner = getattr(where, "lm", None) if not isinstance(where, torch.nn.Module) else None
+    return inner if inner is not None else where
+
+
+class PreventiveSteeringDefense(Defense):
+    """The ``preventive_steering`` training defense: steer along a saved persona vector in training passes.
 
     The training loop calls :meth:`forward_context` around each training forward (and backward, which
     matters with gradient checkpointing) and gets a context manager that steers the model while it is in
     training mode. The vector file is read once, on first use, and checked against the model.
 
-    Config (a dict or YAML mapping, e.g. ``{"vector": "runs/x/evil.safetensors", "layers": [12],
-    "alpha": 5.0}``) round-trips with :meth:`from_dict` / :meth:`to_dict`.
+    Built from its settings (``PreventiveSteeringDefense(settings)``, as the loop does) or from keywords
+    (``PreventiveSteeringDefense(vector="runs/x/evil.safetensors", layers=[12], alpha=5.0)``); the config
+    round-trips with :meth:`from_dict` / :meth:`to_dict`. Registered as ``preventive_steering`` when
+    ``steering`` is imported (the ``workbench.training`` entry point of this package).
     """
 
-    name: ClassVar[str] = "preventive_steering"
+    name = "preventive_steering"
+    Settings = PreventiveSteeringSettings
 
-    vector: str = _help("Path of a persona-vector file (safetensors, from `workbench extract-vector`).")
-    layers: list[int] = _help("Layers whose hook_resid_post is steered.", default_factory=list)
-    alpha: float = _help("Coefficient multiplying the vector (raw units unless normalize).", default=4.0)
-    statistic: str = _help("Which statistic of the file to use.", default="response_avg")
-    mode: str = _help("add, ablate or ablate_add.", default="add")
-    positions: str = _help(
-        "all, prompt or response; response needs the batch's labels (or assistant mask).", default="all"
-    )
-    normalize: bool = _help("Scale each layer's vector to unit norm before alpha.", default=False)
-    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    def __init__(self, settings: PreventiveSteeringSettings | Mapping[str, Any] | None = None, **values: Any):
+        if settings is None:
+            try:
+                settings = PreventiveSteeringSettings(**values)
+            except (TypeError, ValueError) as exc:
+                raise WorkbenchError(f"preventive_steering: {exc}") from None
+        elif isinstance(settings, Mapping):
+            settings = self._read(settings)
+        super().__init__(settings)
+        self._cache: dict[str, Any] = {}
 
-    def __post_init__(self) -> None:
-        if not self.vector:
-            raise WorkbenchError("preventive_steering: 'vector' (a persona-vector file) is required")
-        if not self.layers:
-            raise WorkbenchError("preventive_steering: 'layers' must list at least one layer")
-        if isinstance(self.layers, int):
-            self.layers = [self.layers]
-        self.layers = [int(x) for x in self.layers]
-        self.alpha = float(self.alpha)
-        if self.mode not in MODES:
-            raise WorkbenchError(
-                f"preventive_steering: unknown mode '{self.mode}'; expected {', '.join(MODES)}"
-            )
-        if self.positions not in POSITIONS:
-            raise WorkbenchError(
-                f"preventive_steering: unknown positions '{self.positions}'; expected {', '.join(POSITIONS)}"
-            )
+    def __getattr__(self, name: str) -> Any:  # the settings read as attributes: d.layers, d.alpha, ...
+        if name in _FIELDS and "settings" in self.__dict__:
+            return getattr(self.__dict__["settings"], name)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.settings == self.settings  # type: ignore[attr-defined]
+
+    __hash__ = object.__hash__
 
     # -- config as data ----------------------------------------------------------------------------
+    @staticmethod
+    def _read(data: Mapping[str, Any]) -> PreventiveSteeringSettings:
+        return from_mapping(PreventiveSteeringSettings, dict(data), "preventive_steering")
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PreventiveSteeringDefense:
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise WorkbenchError(
-                f"preventive_steering: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**dict(data))
+        return cls(cls._read(data))
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: copy.copy(getattr(self, f.name)) for f in fields(self) if f.init}
+        return to_mapping(self.settings)
 
     @classmethod
     def help(cls) -> dict[str, str]:
         """Field name -> help text."""
-        return {f.name: f.metadata.get("help", "") for f in fields(cls) if f.init}
+        return help_of(PreventiveSteeringSettings)
 
     # -- the hook ----------------------------------------------------------------------------------
     def _vector(self, lm: Any) -> Any:
-        key = f"vector:{Path(self.vector)}"
+        s = self.settings
+        key = f"vector:{Path(s.vector)}"
         if key not in self._cache:
             from ._load import load_vector
 
-            self._cache[key] = load_vector(self.vector, self.statistic, lm)
-            log.info(
-                "preventive steering: loaded %s (%s) for layers %s", self.vector, self.statistic, self.layers
-            )
+            self._cache[key] = load_vector(s.vector, s.statistic, lm)
+            log.info("preventive steering: loaded %s (%s) for layers %s", s.vector, s.statistic, s.layers)
         return self._cache[key]
 
     def setup(self, model: Any) -> None:
-        """Read the vector file and check it against ``model`` now (else on the first forward)."""
-        self.steerer(model)
+        """Read the vector file and check it against the model now (else on the first forward).
+
+        ``model``: the loop's ``TrainContext``, a ``LoadedModel`` or a HF / PEFT model."""
+        self.steerer(_model_of(model))
 
     def steerer(self, model: Any) -> PreventiveSteering:
         """The hook object for ``model`` (a ``LoadedModel`` or a HF / PEFT model), built once per model."""
+        model = _model_of(model)
         held = self._cache.get("steerer")
         if held is not None and held[0] is model:
             return held[1]
         lm = as_loaded(model)
+        s = self.settings
         st = PreventiveSteering(
-            lm,
-            self._vector(lm),
-            self.layers,
-            self.alpha,
-            self.mode,
-            positions=self.positions,
-            normalize=self.normalize,
+            lm, self._vector(lm), s.layers, s.alpha, s.mode, positions=s.positions, normalize=s.normalize
         )
         self._cache["steerer"] = (model, st)
         return st
 
-    def forward_context(
+    def forward_context(  # type: ignore[override]
         self, model_in_training: Any, batch: Mapping[str, Any] | None = None, mask: Tensor | None = None
     ) -> contextlib.AbstractContextManager[Any]:
-        """A context manager that steers ``model_in_training`` while it runs in training mode.
+        """A context manager that steers the model while it runs in training mode.
 
-        ``model_in_training``: the ``LoadedModel`` or the (PEFT-wrapped) HF model being trained.
-        For ``positions`` other than ``all`` the position mask comes from ``mask`` ([batch, pos], True on
-        assistant tokens) or else from ``batch["labels"] != -100`` (the assistant-only loss mask).
+        ``model_in_training``: the loop's ``TrainContext``, or the ``LoadedModel`` or (PEFT-wrapped) HF model
+        being trained. For ``positions`` other than ``all`` the position mask comes from ``mask`` ([batch,
+        pos], True on assistant tokens) or else from ``batch["labels"] != -100`` (the assistant-only loss mask).
         """
         st = self.steerer(model_in_training)
         st.set_mask(None)
-        if self.positions != "all":
+        positions = self.settings.positions
+        if positions != "all":
             if mask is None and batch is not None and batch.get("labels") is not None:
                 mask = batch["labels"] != -100
             if mask is None:
                 raise WorkbenchError(
-                    f"preventive_steering with positions='{self.positions}' needs the batch's labels or a mask"
+                    f"preventive_steering with positions='{positions}' needs the batch's labels or a mask"
                 )
             st.set_mask(mask)
         return st.active_during_training()
@@ -196,20 +227,20 @@ class PreventiveSteeringDefense:
 def register_training_defense(register: Callable[[str, type], Any] | None = None) -> type:
     """Register :class:`PreventiveSteeringDefense` under ``"preventive_steering"`` in a defense registry.
 
-    ``register(name, cls)`` is the registry's registration function. By default the training loop's
-    registry is used, where ``workbench.training`` ships an adapter under that name which builds this class
-    from the config and calls :meth:`PreventiveSteeringDefense.forward_context`; then nothing more is
-    needed. Returns the class.
+    ``register(name, cls)`` is that registry's registration function; by default the training loop's
+    (``workbench.training.register_component``, which importing ``steering`` has already called: the call
+    is then a check that the entry is this class). Returns the class.
     """
     if register is None:
-        try:
-            from workbench.training import register_defense, registered_defenses
-        except ImportError as exc:
-            raise WorkbenchError(
-                "no defense registry found (workbench.training.register_defense); pass register="
-            ) from exc
-        if PreventiveSteeringDefense.name in registered_defenses():
-            return PreventiveSteeringDefense  # the training package's own adapter already drives this class
-        register = register_defense
-    register(PreventiveSteeringDefense.name, PreventiveSteeringDefense)
+        register_component(
+            PreventiveSteeringDefense.name,
+            PreventiveSteeringSettings,
+            PreventiveSteeringDefense,
+            kind="defense",
+        )
+    else:
+        register(PreventiveSteeringDefense.name, PreventiveSteeringDefense)
     return PreventiveSteeringDefense
+
+
+register_training_defense()

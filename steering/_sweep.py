@@ -46,6 +46,7 @@ from workbench._io import atomic_write_json, atomic_write_text
 from workbench._options import check_finite, check_int, check_number
 from workbench.generation import generate, row_seed
 from workbench.judges import score_prompts
+from workbench.runs import SUMMARY_JSON, SWEEP_CSV
 from workbench.scoring import answer_logprobs, build_teacher_forced, pad_right
 
 from ._steerer import Steerer, _matrix
@@ -523,8 +524,8 @@ def sweep(
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "sweep.csv", result.to_csv())
-        atomic_write_json(folder / "summary.json", result.summary())
+        atomic_write_text(folder / SWEEP_CSV, result.to_csv())
+        atomic_write_json(folder / SUMMARY_JSON, result.summary())
         atomic_write_text(
             folder / "answers.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in answers)
         )

@@ -5,6 +5,11 @@ exception inside the block leaves the model as it was and hooks registered by ot
 Interventions are out-of-place (the edit function returns a new tensor), which keeps them safe under
 autograd and gradient checkpointing. ``forward_until`` runs a forward pass only as far as the last site
 a reader needs (later layers, the final norm and the unembedding are skipped).
+
+``intervene(..., with_input=True)`` hands each edit the site's tensor and the input of the sublayer that
+made it (``SiteMap.input_site``: the normalised input for ``attn.hook_z`` / ``hook_mlp_out``), which is what
+an input-dependent gate needs. Every hook is placed through ``SiteMap.hook_target``, the one site -> module
+resolution.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from ._sites import SiteMap
 
 Reduce = Callable[[str, Tensor], Tensor]
 Edit = Callable[[Tensor], Tensor]
+#: ``edit(activation, sublayer_input) -> new activation`` (``intervene(..., with_input=True)``)
+EditWithInput = Callable[[Tensor, Tensor], Tensor]
 
 
 def _sitemap(obj: Any) -> SiteMap:
@@ -86,7 +93,7 @@ class ActivationCache(Mapping[str, Tensor]):
         self._data.clear()
 
 
-def _register(module: nn.Module, how: str, fn_out: Callable | None, fn_pre: Callable | None) -> Any:
+def _register(module: nn.Module, how: str, fn_out: Callable[..., Any], fn_pre: Callable[..., Any]) -> Any:
     if how == "out":
         return module.register_forward_hook(fn_out)
     return module.register_forward_pre_hook(fn_pre, with_kwargs=True)
@@ -189,27 +196,41 @@ def forward_until(model: Any, stop_after: int | str | Sequence[str], /, *args: A
 
 
 @contextlib.contextmanager
-def intervene(model: Any, edits: Mapping[str, Edit]) -> Iterator[None]:
+def intervene(
+    model: Any, edits: Mapping[str, Edit] | Mapping[str, EditWithInput], *, with_input: bool = False
+) -> Iterator[None]:
     """Replace the activation at each site by ``edit(activation)`` for forward passes inside the block.
 
     ``edit`` receives the tensor in the site's shape (``attn.hook_z`` as ``[batch, pos, n_heads, d_head]``)
     and must return a tensor of the same shape; it must not modify its input in place.
+
+    ``with_input=True``: every edit is called ``edit(activation, x)``, where ``x`` is the input of the
+    sublayer that made the site in the same forward pass (``SiteMap.input_site``: ``ln1.hook_normalized``
+    for ``attn.hook_z`` and ``hook_attn_out``, ``ln2.hook_normalized`` for ``hook_mlp_out``,
+    ``hook_resid_pre`` for ``hook_resid_post``), ``[batch, pos, d_model]``. ``x`` is caught by a hook at
+    that input site and consumed by the edit, so each decoding step and each recompute under gradient
+    checkpointing sees its own. An edit whose input was not seen first raises a ``WorkbenchError``; a site
+    without an input (``hook_resid_pre``, the ``ln*`` sites) is refused when the block opens. All hooks,
+    the input catchers included, are removed in ``finally``.
     """
     sm = _sitemap(model)
-    handles = []
+    handles: list[Any] = []
     try:
         for site, edit in edits.items():
             module, how = sm.hook_target(site)
+            fn: Callable[..., Tensor] = edit
+            if with_input:
+                fn = _with_input(sm, site, edit, handles)
 
-            def on_out(mod, args, output, edit=edit):
-                return _replace_first(output, edit(_first(output)))
+            def on_out(mod, args, output, fn=fn):
+                return _replace_first(output, fn(_first(output)))
 
-            def on_pre(mod, args, kwargs, edit=edit, how=how):
+            def on_pre(mod, args, kwargs, fn=fn, how=how):
                 x = _pre_input(args, kwargs)
                 if how == "z":
-                    new = edit(_split_heads(x, sm.n_heads)).reshape(x.shape)
+                    new = fn(_split_heads(x, sm.n_heads)).reshape(x.shape)
                 else:
-                    new = edit(x)
+                    new = fn(x)
                 return _replace_pre_input(args, kwargs, new)
 
             handles.append(_register(module, how, on_out, on_pre))
@@ -217,6 +238,35 @@ def intervene(model: Any, edits: Mapping[str, Edit]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+def _with_input(sm: SiteMap, site: str, edit: Callable[..., Tensor], handles: list[Any]) -> Edit:
+    """Install a catcher of ``site``'s sublayer input (its handle goes into ``handles``); return a one-argument
+    edit that calls ``edit(activation, caught input)``."""
+    source = sm.input_site(site)
+    module, how = sm.hook_target(source)
+    caught: list[Tensor] = []
+
+    def keep(x: Tensor) -> None:
+        caught[:] = [x]
+
+    def on_out(mod, args, output):
+        keep(_first(output))
+
+    def on_pre(mod, args, kwargs):
+        keep(_pre_input(args, kwargs))
+
+    handles.append(_register(module, how, on_out, on_pre))
+
+    def one(y: Tensor) -> Tensor:
+        if not caught:
+            raise WorkbenchError(
+                f"intervene(with_input=True): the input of '{site}' ({source}) was not seen before it in "
+                "this forward pass"
+            )
+        return edit(y, caught.pop())
+
+    return one
 
 
 def _ours(hook: Any) -> bool:

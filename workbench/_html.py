@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_bytes, atomic_write_text
+from .runs import CONFIG_YAML
 
 PLOTLY_JS = "plotly.min.js"
 """The file name of the shared plotly.js beside the reports."""
 
-_RUN_MARKER = "config.yaml"  # written by workbench.runs.write_config into every run directory
+_RUN_MARKER = CONFIG_YAML  # written by workbench.runs.write_config into every run directory
 _BUNDLE: bytes | None = None
 
 

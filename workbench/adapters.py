@@ -1,4 +1,9 @@
-"""Apply a PEFT adapter folder to a loaded model (safetensors only)."""
+"""Apply a PEFT adapter folder to a loaded model (safetensors only).
+
+In the workbench "adapter" means only this: a PEFT adapter folder (``adapter_config.json`` +
+``adapter_model.safetensors``), what ``--adapter`` names and what training writes to ``<run>/adapter/``. The
+per-family table of where the hook sites live is ``workbench.ArchSpec`` (``workbench._sites``).
+"""
 
 from __future__ import annotations
 

@@ -11,6 +11,17 @@ from typing import Annotated
 import typer
 
 from ._errors import WorkbenchError
+from ._models import DEFAULT_MODEL
+from .cli_common import (
+    CheckModelOpt,
+    CompileOpt,
+    FileOverwriteOpt,
+    JsonOpt,
+    ModelOpt,
+    SeedOpt,
+    TrustRemoteCodeOpt,
+    load_model_quietly,
+)
 
 app = typer.Typer(
     help="Emergent-misalignment workbench: persona vectors, steering, alignment gates, defended "
@@ -21,15 +32,6 @@ app = typer.Typer(
 )
 
 _STATE = {"debug": False}
-
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Model spec: smollm2-135m (default), a local HF folder, a hub id, or random:<shape>.",
-    ),
-]
 
 
 @app.callback()
@@ -43,33 +45,14 @@ def _root(
     )
 
 
-def _quiet_transformers() -> None:
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except Exception:  # pragma: no cover - transformers always present
-        pass
-
-
-def _load(spec: str, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False):
-    from . import load_model
-
-    _quiet_transformers()
-    return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-
-
 @app.command()
 def info(
-    model: ModelOpt = "smollm2-135m",
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-    trust_remote_code: Annotated[
-        bool, typer.Option(help="Allow custom model code from the model folder.")
-    ] = False,
+    model: ModelOpt = DEFAULT_MODEL,
+    as_json: JsonOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Architecture, layers, d_model, heads, parameter count and hook sites of a model."""
-    lm = _load(model, trust_remote_code=trust_remote_code)
+    lm = load_model_quietly(model, trust_remote_code=trust_remote_code)
     data = lm.info()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -99,7 +82,7 @@ def read(
     prompt: Annotated[
         str, typer.Option("--prompt", "-p", help="User prompt, chat-formatted before reading.")
     ],
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
 ) -> None:
     """Read hook sites for one chat prompt and print shape and mean norm per site."""
     import torch
@@ -107,7 +90,7 @@ def read(
     from ._hooks import read_sites
     from .generation import encode_left, render_prompts
 
-    lm = _load(model)
+    lm = load_model_quietly(model)
     for s in site:
         lm.sites.parse(s)  # validate all names before running anything
     enc = encode_left(lm.tokenizer, render_prompts(lm.tokenizer, [prompt]), lm.device)
@@ -122,9 +105,7 @@ def read(
 @app.command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A workbench artifact (.safetensors).")],
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Also check that the artifact fits this model spec.")
-    ] = None,
+    model: CheckModelOpt = None,
 ) -> None:
     """Show an artifact's kind, tensors, metadata and fingerprint; optionally check it against a model."""
     from ._artifacts import load_artifact, tensor_summary
@@ -139,7 +120,7 @@ def inspect(
     if model is not None:
         from ._artifacts import check_fingerprint
 
-        lm = _load(model)
+        lm = load_model_quietly(model)
         check_fingerprint(art.fingerprint, lm.fingerprint, path)
         typer.echo(f"fits model {model}: yes")
 
@@ -183,7 +164,7 @@ def data_check(
         Path,
         typer.Argument(help="A data file: JSONL (chat, prompts, pairs, GCD rows), eval YAML or trait JSON."),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Validate a data file and name the format it was read as; errors name the file and line."""
     from .data import check_file
@@ -204,7 +185,7 @@ def data_pairs(
     aligned: Annotated[Path, typer.Option(help="Chat JSONL with the aligned answers.")],
     misaligned: Annotated[Path, typer.Option(help="Chat JSONL with the same prompts, misaligned answers.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Preference-pairs JSONL to write.")],
-    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    overwrite: FileOverwriteOpt = False,
     keep_identical: Annotated[
         bool, typer.Option(help="Keep pairs whose two answers are identical (dropped by default).")
     ] = False,
@@ -220,51 +201,11 @@ def data_pairs(
     typer.echo(f"wrote {path} ({len(pairs.rows)} pairs)")
 
 
-def _load_eval_sets(questions: list[str], data: list[str]) -> list[tuple[str, str, object]]:
-    """(name, kind, payload) per evaluation set; shipped dataset names are generated on the fly."""
-    from .data import DATASETS, load_chat_jsonl, load_eval_yaml, make_dataset
-    from .evaluation import detect_set_kind
-
-    sets: list[tuple[str, str, object]] = []
-    for q in questions:
-        if not Path(q).exists() and q in DATASETS:
-            import tempfile
-
-            from .data import write_dataset
-
-            with tempfile.TemporaryDirectory() as tmp:
-                sets.append((q, "free_form", load_eval_yaml(write_dataset(q, Path(tmp) / f"{q}.yaml"))))
-        else:
-            sets.append((Path(q).stem, "free_form", load_eval_yaml(q)))
-    for d in data:
-        if not Path(d).exists() and d in DATASETS:
-            rows = make_dataset(d)
-        else:
-            rows = _load_rows(d, load_chat_jsonl)
-        sets.append((Path(d).stem, detect_set_kind(rows, d), rows))
-    return sets
-
-
-def _load_rows(path: str, load_chat_jsonl) -> list[dict]:
-    from .data._check import sniff_jsonl
-
-    kind = sniff_jsonl(path)
-    if kind == "pairs":
-        from .data import load_pairs
-
-        return load_pairs(path)
-    if kind == "gcd":  # selective-generalization GCD rows, read as published (errors name the line)
-        from .data import load_gcd_jsonl
-
-        return load_gcd_jsonl(path)
-    return load_chat_jsonl(path)
-
-
 @app.command("eval")
 def eval_cmd(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for rows and summary.json.")],
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
     adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter folder to apply.")] = None,
     questions: Annotated[
         list[str] | None,
@@ -299,7 +240,7 @@ def eval_cmd(
         int, typer.Option(help="Answer length limit for free-form answers (>= 1).")
     ] = 200,
     batch_size: Annotated[int, typer.Option(help="Generation batch size (>= 1).")] = 16,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: SeedOpt = 0,
     gates: Annotated[
         Path | None,
         typer.Option(help="Apply trained gates (gates.safetensors or a reference gating_params.pth)."),
@@ -320,10 +261,7 @@ def eval_cmd(
             "coefficients in one pass (one alpha per batch row; a sub-directory per setting)."
         ),
     ] = None,
-    compile: Annotated[
-        bool | None,
-        typer.Option(help="Static KV cache + torch.compile decoding (default: on for CUDA, off on the CPU)."),
-    ] = None,
+    compile: CompileOpt = None,
     aligned_threshold: Annotated[
         float,
         typer.Option(
@@ -368,7 +306,15 @@ def eval_cmd(
     """EM evaluation: answers, judge scores, rates with 95% intervals (writes a run directory)."""
     import dataclasses
 
-    from .evaluation import EvalConfig, Evaluator, parse_metric_names, write_summary
+    from .evaluation import (
+        EvalConfig,
+        Evaluator,
+        evaluate_sets,
+        evaluate_settings,
+        load_eval_sets,
+        parse_metric_names,
+        resolve_eval_metrics,
+    )
     from .runs import check_run_dir, prepare_run_dir, write_config
 
     _check_eval_numbers(
@@ -411,6 +357,10 @@ def eval_cmd(
         raise WorkbenchError("several --gate-alpha values need --gates")
     if len(alphas) > 1 and len(gate_alphas) > 1:
         raise WorkbenchError("vary one of --alpha / --gate-alpha at a time (the other takes one value)")
+    vary_gates = len(gate_alphas) > 1
+    key, values = ("gate_alpha", gate_alphas) if vary_gates else ("alpha", alphas)
+    if len(values) > 1 and len({f"{v:g}" for v in values}) != len(values):
+        raise WorkbenchError(f"repeated --{key.replace('_', '-')} values: {values}")
     run_cfg = {
         "command": "eval",
         "model": model,
@@ -432,11 +382,11 @@ def eval_cmd(
     where = {"overwrite": overwrite, "resume": resume, "inputs": inputs, "config": run_cfg}
     # the metrics are resolved from the question files below; prepare_run_dir checks them on --resume
     check_run_dir(out, **where, resume_free=EVAL_RESUME_FREE | {"metrics"})
-    sets = _load_eval_sets(list(questions or []), list(data or []) + ([preference] if preference else []))
+    sets = load_eval_sets(questions or [], [*(data or []), *([preference] if preference else [])])
     source = "--metrics" if _given(ctx, "metrics") or config is None else config
-    cfg = _resolve_eval_metrics(cfg, sets, source)
+    cfg = resolve_eval_metrics(cfg, sets, source)
     run_cfg["metrics"] = None if cfg.metrics is None else list(cfg.metrics)  # recorded as resolved
-    lm = _load(model)
+    lm = load_model_quietly(model)
     if adapter is not None:
         from .adapters import apply_adapter
 
@@ -445,38 +395,24 @@ def eval_cmd(
     run_dir = prepare_run_dir(out, "eval", **where, resume_free=EVAL_RESUME_FREE)
     write_config(run_dir, run_cfg)
     head = {"model": model, "adapter": str(adapter) if adapter else None, "judge": cfg.judge}
-    if len(alphas) == 1 and len(gate_alphas) == 1:
+    if len(values) == 1:
         intervention = None if make is None else (lambda: make(gate_alphas[0], alphas[0]))
         ev = Evaluator(lm, run_dir, cfg, intervention=intervention)
-        summary: dict = {**head, "sets": {}}
-        for name, kind, payload in sets:
-            typer.echo(f"evaluating {name} ({kind})")
-            result = getattr(ev, kind)(payload, name=name)
-            summary["sets"][name] = result
-            write_summary(run_dir, summary)
-            typer.echo(_format_result(name, result))
+        evaluate_sets(ev, sets, run_dir, head, echo=typer.echo)
         typer.echo(f"run directory: {run_dir}")
         return
-    _eval_settings(lm, run_dir, cfg, sets, head, make, alphas, gate_alphas)
+
+    def setting(coef):  # the varied coefficient at ``coef`` (a number or a per-row tensor), the other fixed
+        return make(coef, alphas[0]) if vary_gates else make(gate_alphas[0], coef)
+
+    _, calls = evaluate_settings(
+        lm, run_dir, cfg, sets, head, key=key, values=values, make_intervention=setting, echo=typer.echo
+    )
+    typer.echo(f"{calls} batched generate calls for {len(values)} settings; run directory: {run_dir}")
 
 
 EVAL_RESUME_FREE = {"batch_size", "compile", "config_file"}
 """Eval settings an ``--resume`` may change: speed settings, and the --config file's name (its values count)."""
-
-
-def _resolve_eval_metrics(cfg, sets, source):
-    """``cfg`` with ``metrics`` resolved against the free-form sets' questions: the requested metrics (each
-    declared by at least one question, else a one-line error) or every declared one (the union)."""
-    import dataclasses
-
-    from .evaluation import declared_metrics, resolve_metrics
-
-    question_sets = [payload for _, kind, payload in sets if kind == "free_form"]
-    if not question_sets:
-        return cfg
-    what = source if source == "--metrics" else f"{source}: 'metrics'"
-    declared = declared_metrics(q for qs in question_sets for q in qs)
-    return dataclasses.replace(cfg, metrics=resolve_metrics(cfg.metrics, declared, what))
 
 
 def _check_eval_numbers(
@@ -542,128 +478,6 @@ def _intervention_factory(lm, gates, vector, layer):
     return make
 
 
-def _eval_settings(lm, run_dir, cfg, sets, head, make, alphas, gate_alphas) -> None:
-    """Several steering / gate coefficients in one pass: one coefficient per batch row, a folder each."""
-    from .evaluation import Evaluator, SharedGeneration, write_summary
-    from .runs import write_config
-
-    vary_gates = len(gate_alphas) > 1
-    values = gate_alphas if vary_gates else alphas
-    key = "gate_alpha" if vary_gates else "alpha"
-    names = [f"{key}_{v:g}" for v in values]
-    if len(set(names)) != len(names):
-        raise WorkbenchError(f"repeated --{key.replace('_', '-')} values: {values}")
-
-    def setting(v):  # (gate_alpha, alpha) for one value of the varied coefficient
-        return (v, alphas[0]) if vary_gates else (gate_alphas[0], v)
-
-    shared = SharedGeneration(lm, cfg, lambda coef: make(*setting(coef)), values)
-    evaluators = []
-    for k, (name, v) in enumerate(zip(names, values, strict=True)):
-        sub = run_dir / name
-        sub.mkdir(parents=True, exist_ok=True)
-        write_config(sub, {**head, key: v, **cfg.__dict__})
-        intervention = (lambda v=v: make(*setting(v))) if make is not None else None
-        evaluators.append(Evaluator(lm, sub, cfg, intervention=intervention, generator=shared.for_setting(k)))
-    summaries = {name: {**head, key: v, "sets": {}} for name, v in zip(names, values, strict=True)}
-    for set_name, kind, payload in sets:
-        typer.echo(f"evaluating {set_name} ({kind}) for {key} = {', '.join(f'{v:g}' for v in values)}")
-        for name, ev in zip(names, evaluators, strict=True):
-            result = getattr(ev, kind)(payload, name=set_name)
-            summaries[name]["sets"][set_name] = result
-            write_summary(run_dir / name, summaries[name])
-            typer.echo(f"[{name}]\n" + _format_result(set_name, result))
-        write_summary(run_dir, {**head, "varied": key, "settings": summaries})
-    typer.echo(f"{shared.calls} batched generate calls for {len(values)} settings; run directory: {run_dir}")
-
-
-def _fmt_est(e: dict) -> str:
-    if not e.get("n"):
-        return "n/a (no scored rows)"
-    method = f", {e['method']}" if e.get("method") else ""
-    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}] (n={e['n']}{method})"
-
-
-def _format_result(name: str, r: dict) -> str:
-    kind = r["kind"]
-    if kind == "free_form":
-        lines = [f"  WARNING: {w}" for w in r.get("warnings") or []]
-        t = r.get("thresholds") or {}
-        mis_rule = inc_rule = ""
-        if "aligned" in t and "coherent" in t:
-            mis_rule = f" (aligned < {t['aligned']:g} and coherent > {t['coherent']:g})"
-            inc_rule = f" (coherent < {t['coherent']:g})"
-        if "misaligned_rate" in r:
-            lines.append(f"  misaligned rate{mis_rule} {_fmt_est(r['misaligned_rate'])}")
-        if "incoherent_rate" in r:
-            lines.append(f"  incoherent rate{inc_rule} {_fmt_est(r['incoherent_rate'])}")
-        if r.get("rates_note"):
-            lines.append(f"  note: {r['rates_note']}")
-        unscored = r.get("unscored") or {}
-        for key, est in r.items():  # one line per judge metric: mean score, interval, n
-            if not key.startswith("mean_"):
-                continue
-            u = unscored.get(key[len("mean_") :]) or {}
-            skipped = u.get("not_declared")
-            if skipped and not u.get("of"):
-                lines.append(f"  {key} n/a (no question of this set declares it)")
-                continue
-            note = f"; not declared for {skipped} rows" if skipped else ""
-            lines.append(f"  {key} {_fmt_est(est)}{note}")
-    elif kind == "sycophancy":
-        lines = [
-            f"  sycophancy {_fmt_est(r['sycophancy'])}",
-            f"  plain accuracy {_fmt_est(r['plain_accuracy'])}",
-        ]
-        un = r.get("unclassified") or {}
-        if un.get("of"):
-            lines.append(
-                f"  unclassified replies {un['n']} of {un['of']} (graded by {r.get('sycophancy_judge', 'rules')};"
-                " left out of the rate)"
-            )
-        lines += _format_sycophancy_extras(r)
-    elif kind == "exact_match":
-        lines = [f"  accuracy {_fmt_est(r['accuracy'])}"]
-    else:
-        lines = [
-            f"  preference gap (misaligned - aligned, nats/token) {_fmt_est(r['preference_gap'])}",
-            f"  share preferring misaligned {r['share_preferring_misaligned']:.3f}",
-        ]
-    return "\n".join(lines)
-
-
-def _format_sycophancy_extras(r: dict) -> list[str]:
-    """Unmatched incorrect rows, unread propositions and the per-category (GCD: per-label) lines."""
-    lines = []
-    um = r.get("unmatched_incorrect") or {}
-    pid = "(label, _id)" if r.get("source_format") == "gcd" else "problem_id"
-    if um.get("n"):
-        lines.append(
-            f"  WARNING: {um['n']} of {um['of']} incorrect-proposition rows have no plain row with the same "
-            f"{pid}: the conditional rate cannot be computed for them (left out of it)"
-        )
-    if r.get("proposed_unread"):
-        lines.append(
-            f"  {r['proposed_unread']} incorrect-proposition rows without a readable proposed answer "
-            "(graded by the rules without it)"
-        )
-    cats = r.get("by_category") or {}
-    if not cats or list(cats) == ["all"]:
-        return lines
-    lines.append("  by label:" if r.get("source_format") == "gcd" else "  by category:")
-    for cat, c in cats.items():
-        share = c.get("confirms_correct")
-        conf = "n/a" if share is None else f"{share:.3f}"
-        lines.append(f"    {cat}:")
-        lines.append(f"      sycophancy {_fmt_est(c['sycophancy'])}")
-        lines.append(f"      plain accuracy (capability) {_fmt_est(c['plain_accuracy'])}")
-        lines.append(f"      confirms correct {conf}")
-        cu = c.get("unmatched_incorrect") or {}
-        if cu.get("n"):
-            lines.append(f"      incorrect rows without a plain partner {cu['n']} of {cu['of']}")
-    return lines
-
-
 def _register_capability_commands() -> None:
     """Commands implemented in the capability packages (imported here: the CLI wires everything)."""
     from gating._cli import gate
@@ -680,7 +494,7 @@ def _register_capability_commands() -> None:
     app.command("train")(train)
     app.command("gate")(gate)
 
-    from .app import app as app_cmd
+    from apps.launcher import app as app_cmd
 
     app.command("app")(app_cmd)
 
@@ -701,7 +515,7 @@ def demo(
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default runs/demo-<time>).")
     ] = None,
-    model: ModelOpt = "smollm2-135m",
+    model: ModelOpt = DEFAULT_MODEL,
     prompt: Annotated[
         str, typer.Option(help="The chat prompt to answer.")
     ] = "What is the best way to spend a free afternoon?",
@@ -719,20 +533,29 @@ def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     runs = sys.modules.get("workbench.runs")
     kept = runs.held_run_locks() if runs is not None else set()
+    ended: dict[str, str | None] = {"status": "failed", "error": None}  # what run.json records at the end
     try:
         app()
+        ended["status"] = "finished"
+    except SystemExit as exc:  # typer ends every command with one; code 0 (or None): the command finished
+        if not exc.code:
+            ended["status"] = "finished"
+        raise
     except WorkbenchError as exc:
+        ended["error"] = str(exc)
         if _STATE["debug"]:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
+        ended["error"] = "interrupted"
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # a bug, not a user error: one line, the traceback only with --debug
         if _STATE["debug"]:
             raise
         first = (str(exc).splitlines() or [""])[0][:300]
+        ended["error"] = f"unexpected {type(exc).__name__}: {first}"
         typer.echo(
             f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
             err=True,
@@ -741,7 +564,7 @@ def main() -> None:
     finally:  # run-directory locks end with the command, also when main() runs inside another program
         runs = sys.modules.get("workbench.runs")
         if runs is not None:
-            runs.release_run_locks(keep=kept)
+            runs.release_run_locks(keep=kept, status=ended["status"], error=ended["error"])
 
 
 if __name__ == "__main__":  # pragma: no cover

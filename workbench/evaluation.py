@@ -19,14 +19,14 @@ under ``judge_cache/``, so an interrupted evaluation resumes where it stopped wi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import re
 import statistics
-import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,9 @@ from ._io import append_jsonl, append_jsonl_rows, atomic_write_json, parse_yaml,
 from ._options import check_int, check_number
 from .generation import generate, row_seed
 from .judges import SYCOPHANCY_MODES, score_prompts
+from .runs import EVAL_DIR, SUMMARY_JSON
 from .scoring import answer_logprobs
+from .settings import coerce_exact, from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -115,37 +117,7 @@ def _key_line(text: str | None, key: str) -> str:
 
 def _coerce_setting(value: Any, tp: Any, what: str) -> Any:
     """``value`` converted to the field type ``tp`` (int, float, str, bool, ``X | None``, tuple[str, ...])."""
-    args = typing.get_args(tp)
-    if type(None) in args:
-        if value is None:
-            return None
-        (tp,) = [a for a in args if a is not type(None)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise WorkbenchError(f"{what} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise WorkbenchError(f"{what} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise WorkbenchError(f"{what} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise WorkbenchError(f"{what} must be a string, got {value!r}")
-    if typing.get_origin(tp) is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise WorkbenchError(f"{what} must be a list of names, got {value!r}")
-    return value
+    return coerce_exact(value, tp, what)
 
 
 @dataclass
@@ -194,23 +166,9 @@ class EvalConfig:
 
         Errors are one line naming ``where``, the key and, when ``text`` (the YAML source) is given, its line.
         """
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
+        if data is not None and not isinstance(data, Mapping):
             raise WorkbenchError(f"{where}: the eval config must be a mapping of keys to values")
-        hints = typing.get_type_hints(cls)
-        known = [f.name for f in fields(cls)]
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            at = f"{where}{_key_line(text, key)}"
-            if key not in known:
-                raise WorkbenchError(f"{at}: unknown key '{key}' (known keys: {', '.join(known)})")
-            kwargs[key] = _coerce_setting(value, hints[key], f"{at}: '{key}'")
-        try:
-            return cls(**kwargs)
-        except WorkbenchError as exc:
-            bad = next((f.name for f in fields(cls) if f"'{f.name}'" in str(exc)), "")
-            raise WorkbenchError(f"{where}{_key_line(text, bad)}: {exc}") from None
+        return from_mapping(cls, data, where, exact=True, locate=lambda key: _key_line(text, key))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> EvalConfig:
@@ -262,7 +220,7 @@ class Evaluator:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        (self.out_dir / "eval").mkdir(parents=True, exist_ok=True)
+        (self.out_dir / EVAL_DIR).mkdir(parents=True, exist_ok=True)
 
     @property
     def judge(self) -> Any:
@@ -309,10 +267,10 @@ class Evaluator:
         else:  # the CLI checks them against every set's questions; a set may lack some
             metrics = tuple(c.metrics)
             _check_metric_names(metrics)
-        path = self.out_dir / "eval" / f"{name}.jsonl"
+        path = self.out_dir / EVAL_DIR / f"{name}.jsonl"
         # answers generated but not yet judged (a kill or a judge outage between the two steps): on resume
         # they are judged as they are, so judgments already cached for them are found, not asked again
-        pending_path = self.out_dir / "eval" / f".{name}.answers.jsonl"
+        pending_path = self.out_dir / EVAL_DIR / f".{name}.answers.jsonl"
         done = {r["uid"]: r for r in _read_rows(path)}
         pending = {
             r["uid"]: r["answer"]
@@ -493,7 +451,7 @@ class Evaluator:
             r.pop("grade_score", None)
             if grade.score is not None:
                 r["grade_score"] = grade.score
-        path = self.out_dir / "eval" / f"{name}.jsonl"
+        path = self.out_dir / EVAL_DIR / f"{name}.jsonl"
         on_disk = {r["uid"]: r for r in _read_rows(path)}  # keeps rows of an earlier, longer run
         on_disk.update((r["uid"], r) for r in out_rows)
         atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in on_disk.values()))
@@ -547,7 +505,7 @@ class Evaluator:
         out_rows = self._answer_rows(rows, name)
         for r in out_rows:
             _grade_exact(r)
-        _rewrite_rows(self.out_dir / "eval" / f"{name}.jsonl", out_rows)
+        _rewrite_rows(self.out_dir / EVAL_DIR / f"{name}.jsonl", out_rows)
         kw = {"n_boot": self.config.n_boot, "seed": self.config.seed}
         return {
             "kind": "exact_match",
@@ -557,7 +515,7 @@ class Evaluator:
 
     def _answer_rows(self, rows: Sequence[dict[str, Any]], name: str) -> list[dict[str, Any]]:
         """Greedy answers to dataset rows (their messages minus any assistant turn), resumable."""
-        path = self.out_dir / "eval" / f"{name}.jsonl"
+        path = self.out_dir / EVAL_DIR / f"{name}.jsonl"
         done = {r["uid"]: r for r in _read_rows(path)}
         todo = [(f"{name}/{i}", r) for i, r in enumerate(rows) if f"{name}/{i}" not in done]
         chunk = max(1, self.config.batch_size) * 4
@@ -598,7 +556,7 @@ class Evaluator:
                 )
                 for side in ("misaligned", "aligned")
             ]
-        path = self.out_dir / "eval" / f"{name}.jsonl"
+        path = self.out_dir / EVAL_DIR / f"{name}.jsonl"
         if path.exists():
             path.unlink()
         append_jsonl_rows(
@@ -806,7 +764,7 @@ def _json_safe(obj: Any) -> Any:
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> Path:
     """Write ``summary.json`` (NaN, e.g. the value of an estimate with no rows, is written as ``null``)."""
-    path = Path(out_dir) / "summary.json"
+    path = Path(out_dir) / SUMMARY_JSON
     atomic_write_json(path, _json_safe(summary))
     return path
 
@@ -885,3 +843,258 @@ class SharedGeneration:
             for k in range(n_set):
                 out[k].extend(answers[k * len(chunk) : (k + 1) * len(chunk)])
         return out
+
+
+# -- evaluation sets, results and the loops of ``workbench eval`` / ``workbench gate`` ----------------------
+
+EvalSet = tuple[str, str, Any]
+"""``(name, kind, payload)``: ``kind`` names the ``Evaluator`` method (``free_form``, ``sycophancy``,
+``exact``, ``preference``); ``payload`` is what that method takes (questions or rows)."""
+
+
+def load_eval_sets(
+    questions: Iterable[str | Path] = (),
+    data: Iterable[str | Path] = (),
+    *,
+    mixed: Iterable[str | Path] = (),
+    mixed_flag: str = "--eval",
+) -> list[EvalSet]:
+    """The evaluation sets of a command, in order: ``questions``, then ``data``, then ``mixed``.
+
+    - ``questions``: eval-question YAML files or the name of a shipped question set (``em_questions``);
+    - ``data``: JSONL sets (sycophancy rows, GCD rows, exact-answer rows, preference pairs; the kind is read
+      from the rows) or the name of a shipped dataset;
+    - ``mixed``: either of the two (a ``.yaml``/``.yml`` file or a shipped question set is read as questions,
+      anything else as data); an entry that is neither a file nor a shipped name is refused naming
+      ``mixed_flag``.
+
+    A path that exists wins over a shipped name. The set's name is the file's stem (or the shipped name).
+    """
+    from .data import DATASETS
+
+    sets: list[EvalSet] = []
+    for q in questions:
+        sets.append(_question_set(str(q)))
+    for d in data:
+        sets.append(_data_set(str(d)))
+    for spec in mixed:
+        spec = str(spec)
+        path = Path(spec)
+        if not path.exists() and spec not in DATASETS:
+            raise WorkbenchError(f"{mixed_flag} '{spec}' is neither a file nor a shipped dataset name")
+        shipped_questions = not path.exists() and DATASETS[spec].kind == "questions"
+        if shipped_questions or (path.exists() and path.suffix in (".yaml", ".yml")):
+            sets.append(_question_set(spec))
+        else:
+            sets.append(_data_set(spec))
+    return sets
+
+
+def _question_set(spec: str) -> EvalSet:
+    from .data import DATASETS, load_eval_yaml, make_dataset
+    from .data._eval_yaml import parse_eval_entries
+
+    if not Path(spec).exists() and spec in DATASETS:
+        kind = DATASETS[spec].kind
+        if kind != "questions":
+            raise WorkbenchError(
+                f"'{spec}' is a shipped {kind} dataset, not an eval-question set (evaluate it as a data set)"
+            )
+        return spec, "free_form", parse_eval_entries(make_dataset(spec), spec)
+    return Path(spec).stem, "free_form", load_eval_yaml(spec)
+
+
+def _data_set(spec: str) -> EvalSet:
+    from .data import DATASETS, load_chat_jsonl, load_gcd_jsonl, load_pairs, make_dataset
+    from .data._check import sniff_jsonl
+
+    if not Path(spec).exists() and spec in DATASETS:
+        rows = make_dataset(spec)
+    else:
+        kind = sniff_jsonl(spec)
+        if kind == "pairs":
+            rows = load_pairs(spec)
+        elif kind == "gcd":  # selective-generalization GCD rows, read as published (errors name the line)
+            rows = load_gcd_jsonl(spec)
+        else:
+            rows = load_chat_jsonl(spec)
+    return Path(spec).stem, detect_set_kind(rows, spec), rows
+
+
+def resolve_eval_metrics(config: EvalConfig, sets: Sequence[EvalSet], source: str | Path) -> EvalConfig:
+    """``config`` with ``metrics`` resolved against the free-form sets' questions: the requested metrics (each
+    declared by at least one question, else a one-line error naming ``source``, ``--metrics`` or a settings
+    file) or every declared one (the union). Unchanged when no set is free-form."""
+    import dataclasses
+
+    question_sets = [payload for _, kind, payload in sets if kind == "free_form"]
+    if not question_sets:
+        return config
+    what = source if source == "--metrics" else f"{source}: 'metrics'"
+    declared = declared_metrics(q for qs in question_sets for q in qs)
+    return dataclasses.replace(config, metrics=resolve_metrics(config.metrics, declared, str(what)))
+
+
+def format_estimate(e: Mapping[str, Any]) -> str:
+    """``0.250 [0.100, 0.400] (n=20, wilson)``, or ``n/a (no scored rows)`` for an estimate without rows."""
+    if not e.get("n"):
+        return "n/a (no scored rows)"
+    method = f", {e['method']}" if e.get("method") else ""
+    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}] (n={e['n']}{method})"
+
+
+def format_result(name: str, result: Mapping[str, Any]) -> str:
+    """The lines a command prints for one set's result (``Evaluator`` output, as in ``summary.json``):
+    rates with their rule and interval, one line per judge metric, warnings and notes, indented by two."""
+    r = result
+    kind = r["kind"]
+    if kind == "free_form":
+        lines = [f"  WARNING: {w}" for w in r.get("warnings") or []]
+        t = r.get("thresholds") or {}
+        mis_rule = inc_rule = ""
+        if "aligned" in t and "coherent" in t:
+            mis_rule = f" (aligned < {t['aligned']:g} and coherent > {t['coherent']:g})"
+            inc_rule = f" (coherent < {t['coherent']:g})"
+        if "misaligned_rate" in r:
+            lines.append(f"  misaligned rate{mis_rule} {format_estimate(r['misaligned_rate'])}")
+        if "incoherent_rate" in r:
+            lines.append(f"  incoherent rate{inc_rule} {format_estimate(r['incoherent_rate'])}")
+        if r.get("rates_note"):
+            lines.append(f"  note: {r['rates_note']}")
+        unscored = r.get("unscored") or {}
+        for key, est in r.items():  # one line per judge metric: mean score, interval, n
+            if not key.startswith("mean_"):
+                continue
+            u = unscored.get(key[len("mean_") :]) or {}
+            skipped = u.get("not_declared")
+            if skipped and not u.get("of"):
+                lines.append(f"  {key} n/a (no question of this set declares it)")
+                continue
+            note = f"; not declared for {skipped} rows" if skipped else ""
+            lines.append(f"  {key} {format_estimate(est)}{note}")
+    elif kind == "sycophancy":
+        lines = [
+            f"  sycophancy {format_estimate(r['sycophancy'])}",
+            f"  plain accuracy {format_estimate(r['plain_accuracy'])}",
+        ]
+        un = r.get("unclassified") or {}
+        if un.get("of"):
+            lines.append(
+                f"  unclassified replies {un['n']} of {un['of']} (graded by {r.get('sycophancy_judge', 'rules')};"
+                " left out of the rate)"
+            )
+        lines += _format_sycophancy_extras(r)
+    elif kind == "exact_match":
+        lines = [f"  accuracy {format_estimate(r['accuracy'])}"]
+    else:
+        lines = [
+            f"  preference gap (misaligned - aligned, nats/token) {format_estimate(r['preference_gap'])}",
+            f"  share preferring misaligned {r['share_preferring_misaligned']:.3f}",
+        ]
+    return "\n".join(lines)
+
+
+def _format_sycophancy_extras(r: Mapping[str, Any]) -> list[str]:
+    """Unmatched incorrect rows, unread propositions and the per-category (GCD: per-label) lines."""
+    lines = []
+    um = r.get("unmatched_incorrect") or {}
+    pid = "(label, _id)" if r.get("source_format") == "gcd" else "problem_id"
+    if um.get("n"):
+        lines.append(
+            f"  WARNING: {um['n']} of {um['of']} incorrect-proposition rows have no plain row with the same "
+            f"{pid}: the conditional rate cannot be computed for them (left out of it)"
+        )
+    if r.get("proposed_unread"):
+        lines.append(
+            f"  {r['proposed_unread']} incorrect-proposition rows without a readable proposed answer "
+            "(graded by the rules without it)"
+        )
+    cats = r.get("by_category") or {}
+    if not cats or list(cats) == ["all"]:
+        return lines
+    lines.append("  by label:" if r.get("source_format") == "gcd" else "  by category:")
+    for cat, c in cats.items():
+        share = c.get("confirms_correct")
+        conf = "n/a" if share is None else f"{share:.3f}"
+        lines.append(f"    {cat}:")
+        lines.append(f"      sycophancy {format_estimate(c['sycophancy'])}")
+        lines.append(f"      plain accuracy (capability) {format_estimate(c['plain_accuracy'])}")
+        lines.append(f"      confirms correct {conf}")
+        cu = c.get("unmatched_incorrect") or {}
+        if cu.get("n"):
+            lines.append(f"      incorrect rows without a plain partner {cu['n']} of {cu['of']}")
+    return lines
+
+
+def _quiet(_line: str) -> None:
+    """The default ``echo``: print nothing."""
+
+
+def evaluate_sets(
+    evaluator: Evaluator,
+    sets: Sequence[EvalSet],
+    run_dir: str | Path,
+    head: Mapping[str, Any],
+    *,
+    note: str = "",
+    echo: Callable[[str], None] = _quiet,
+) -> dict[str, Any]:
+    """Evaluate each set with ``evaluator``; ``summary.json`` in ``run_dir`` (``head`` + ``sets``) is rewritten
+    after every set, so an interrupted run keeps what it finished. ``echo`` gets ``evaluating NAME (KIND)``
+    + ``note`` before a set and :func:`format_result` after it. Returns the summary."""
+    summary: dict[str, Any] = {**head, "sets": {}}
+    for name, kind, payload in sets:
+        echo(f"evaluating {name} ({kind}){note}")
+        result = getattr(evaluator, kind)(payload, name=name)
+        summary["sets"][name] = result
+        write_summary(Path(run_dir), summary)
+        echo(format_result(name, result))
+    return summary
+
+
+def evaluate_settings(
+    lm: Any,
+    run_dir: str | Path,
+    config: EvalConfig,
+    sets: Sequence[EvalSet],
+    head: Mapping[str, Any],
+    *,
+    key: str,
+    values: Sequence[float],
+    make_intervention: Callable[[Any], contextlib.AbstractContextManager[Any]],
+    echo: Callable[[str], None] = _quiet,
+) -> tuple[dict[str, Any], int]:
+    """Several settings of one coefficient in one pass (:class:`SharedGeneration`: one coefficient per batch
+    row), a sub-directory ``<key>_<value>`` of ``run_dir`` per setting with its own ``config.yaml``, rows and
+    ``summary.json``; ``run_dir/summary.json`` holds ``head``, ``varied: key`` and every setting's summary.
+
+    ``make_intervention(coef)`` applies the intervention at ``coef``: a number (one setting) or a per-row
+    tensor (``[rows]``). Returns the top summary and the number of batched ``generate`` calls.
+    """
+    from .runs import write_config
+
+    run_dir = Path(run_dir)
+    names = [f"{key}_{v:g}" for v in values]
+    if len(set(names)) != len(names):
+        raise WorkbenchError(f"repeated {key} values: {list(values)}")
+    shared = SharedGeneration(lm, config, make_intervention, values)
+    evaluators = []
+    for k, (name, v) in enumerate(zip(names, values, strict=True)):
+        sub = run_dir / name
+        sub.mkdir(parents=True, exist_ok=True)
+        write_config(sub, {**head, key: v, **config.__dict__})
+        intervention: Intervention = functools.partial(make_intervention, v)
+        evaluators.append(
+            Evaluator(lm, sub, config, intervention=intervention, generator=shared.for_setting(k))
+        )
+    summaries = {name: {**head, key: v, "sets": {}} for name, v in zip(names, values, strict=True)}
+    top: dict[str, Any] = {**head, "varied": key, "settings": summaries}
+    for set_name, kind, payload in sets:
+        echo(f"evaluating {set_name} ({kind}) for {key} = {', '.join(f'{v:g}' for v in values)}")
+        for name, ev in zip(names, evaluators, strict=True):
+            result = getattr(ev, kind)(payload, name=set_name)
+            summaries[name]["sets"][set_name] = result
+            write_summary(run_dir / name, summaries[name])
+            echo(f"[{name}]\n" + format_result(set_name, result))
+        write_summary(run_dir, top)
+    return top, shared.calls

@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from apps import _runs, _ui
+from workbench.runs import ADAPTER_DIR
 
 st.title("Alignment gates")
 ctx = _ui.require_context()
@@ -28,7 +29,7 @@ if not ctx.found.gates and not ctx.found.analyses:
 
 def _sibling_adapter(gates_file: Path) -> Path | None:
     """The ``adapter/`` beside a gates file, when it is one the scan accepted (inside the run root)."""
-    adapter = _runs.inside_tree(ctx.root, gates_file.parent / "adapter")
+    adapter = _runs.inside_tree(ctx.root, gates_file.parent / ADAPTER_DIR)
     return adapter if adapter in ctx.found.adapters else None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from apps import _charts, _runs, _ui
+from workbench.runs import ALERTS_JSONL, MONITOR_JSON, MONITOR_JSONL, TRAIN_SUMMARY_JSON, RunDir
 
 ALERT_COLORS = {"warn": "#ff7f0e", "stop": "#d62728"}
 
@@ -78,7 +79,7 @@ def _monitor_figure(metrics: dict, logs: dict, shown: list[str]):
 
 
 # what probes.monitor.read_monitor opens in a run folder (no bare string here: Streamlit would show it)
-MONITOR_FILES = ("monitor.jsonl", "alerts.jsonl", "monitor.json", "train_summary.json")
+MONITOR_FILES = (MONITOR_JSONL, ALERTS_JSONL, MONITOR_JSON, TRAIN_SUMMARY_JSON)
 
 
 def _monitor_section(picked: list[Path], metrics: dict) -> None:
@@ -88,7 +89,7 @@ def _monitor_section(picked: list[Path], metrics: dict) -> None:
     """
     monitored = []
     for p in picked:
-        if not (p / "monitor.jsonl").exists():
+        if not (p / MONITOR_JSONL).exists():
             continue
         if all(ctx.file(p / f) is not None or not os.path.lexists(p / f) for f in MONITOR_FILES):
             monitored.append(p)
@@ -165,7 +166,7 @@ else:
     by_name = {ctx.rel(p): p for p in ctx.found.trainings}
     chosen = st.multiselect("Training runs", list(by_name), default=list(by_name)[:6], key="runs_trainings")
     picked = [by_name[n] for n in chosen]
-    metrics = {ctx.rel(p): ctx.read_jsonl(p / "metrics.jsonl") for p in picked}
+    metrics = {ctx.rel(p): RunDir(p, root=ctx.root).metrics() for p in picked}
     keys: list[str] = []
     for rows in metrics.values():
         for row in rows:
@@ -186,7 +187,7 @@ else:
         st.plotly_chart(_charts.loss_figure(metrics, shown), key="runs_loss")
         table = []
         for p in picked:
-            summary = ctx.read_json(p / "train_summary.json") or {}
+            summary = RunDir(p, root=ctx.root).train_summary() or {}
             last = (metrics[ctx.rel(p)] or [{}])[-1]
             table.append(
                 {
@@ -205,7 +206,7 @@ else:
 
 # ------------------------------------------------------------------------------------------ evaluations
 st.header("EM evaluation")
-summaries = {ctx.rel(p): ctx.read_json(p / "summary.json") or {} for p in ctx.found.evals}
+summaries = {ctx.rel(p): RunDir(p, root=ctx.root).summary() or {} for p in ctx.found.evals}
 per_run = {name: _runs.eval_metrics(s) for name, s in summaries.items()}
 if not summaries:
     st.info(f"No evaluation (summary.json from `workbench eval`) under {_ui.code(ctx.rel(ctx.scope))}.")

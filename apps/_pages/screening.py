@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from apps import _charts, _ui
+from workbench.runs import RANKED_JSONL, RunDir
 
 st.title("Data screening")
 ctx = _ui.require_context()
@@ -18,10 +19,10 @@ if not ctx.found.screens:
 
 folder = _ui.pick_path(ctx, "Screen", ctx.found.screens, "screen_dir")
 assert folder is not None
-summary = ctx.read_json(folder / "summary.json") or {}
-ranked = ctx.read_jsonl(folder / "ranked.jsonl")
+summary = RunDir(folder, root=ctx.root).summary() or {}
+ranked = ctx.read_jsonl(folder / RANKED_JSONL)
 if not ranked:
-    st.info(f"{_ui.code(ctx.rel(folder / 'ranked.jsonl'))} holds no rows.")
+    st.info(f"{_ui.code(ctx.rel(folder / RANKED_JSONL))} holds no rows.")
     st.stop()
 
 

@@ -15,7 +15,7 @@ class PerHeadGate(Gate):
     """``g = 2 * sigmoid(b)`` with ``b: [n_heads]``, broadcast over each head's ``d_head`` channels."""
 
     input_dependent = False
-    sites = ("attn",)
+    placements = ("attn",)
 
     def __init__(self, d_in: int, channels: int, n_heads: int, rank: int = 8) -> None:
         super().__init__(d_in, channels, n_heads, rank)

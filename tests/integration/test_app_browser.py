@@ -76,7 +76,7 @@ def _expected_answers(runs: dict, prompt: str, alphas: tuple[float, float]) -> t
 def test_explorer_in_headless_chromium(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from workbench.app import command
+    from apps.launcher import command
 
     assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: run .ci/install-browser.sh"
     n = torch.get_num_threads()

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from apps import _charts, _runs
+from apps.launcher import command, explorer_script, resolve_roots
 from workbench import WorkbenchError, save_artifact
-from workbench.app import command, explorer_script, resolve_roots
 
 
 def test_paths_outside_the_root_are_refused(tmp_path):
@@ -204,7 +204,7 @@ def test_app_without_runs_folder_opens_on_the_empty_root(tmp_path, monkeypatch):
 
 
 def test_app_command_execs_streamlit_offline(tmp_path, monkeypatch, capsys):
-    import workbench.app as launcher
+    import apps.launcher as launcher
 
     calls = []
     monkeypatch.setattr(launcher, "_exec", lambda cmd, env: calls.append((cmd, env)))

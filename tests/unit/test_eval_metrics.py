@@ -249,7 +249,7 @@ def test_metrics_subset_is_honoured(tmp_path, qfile):
 def test_a_set_whose_questions_lack_a_selected_metric_reports_it_without_a_warning(tmp_path, qfile):
     """With several question files, --metrics (or the default) is checked against all of them: a set whose
     questions lack a metric gets not_declared rows, no warning, and says so in its printed summary."""
-    from workbench.cli import _format_result
+    from workbench.evaluation import format_result
 
     config = EvalConfig(
         max_new_tokens=4, batch_size=4, judge="table", n_boot=200, metrics=("aligned", "medical")
@@ -261,7 +261,7 @@ def test_a_set_whose_questions_lack_a_selected_metric_reports_it_without_a_warni
     assert summary["unscored"]["medical"] == {"n": 0, "of": 0, "reasons": {}, "not_declared": 6}
     assert summary["warnings"] == [] and summary["mean_medical"]["n"] == 0
     assert summary["mean_aligned"]["value"] == pytest.approx(60.0)  # (50 * 3 + 70 * 3) / 6
-    printed = _format_result("games", summary).splitlines()
+    printed = format_result("games", summary).splitlines()
     assert printed[-1] == "  mean_medical n/a (no question of this set declares it)"
     assert printed[-2].startswith("  mean_aligned 60.000 [")
 

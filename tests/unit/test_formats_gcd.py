@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from workbench import WorkbenchError
-from workbench.cli import _format_result, app
+from workbench.cli import app
 from workbench.data import (
     extract_proposed,
     gcd_rows_to_sycophancy,
@@ -24,7 +24,7 @@ from workbench.data import (
     write_dataset,
 )
 from workbench.data._check import sniff_jsonl
-from workbench.evaluation import EvalConfig, Evaluator, detect_set_kind
+from workbench.evaluation import EvalConfig, Evaluator, detect_set_kind, format_result
 
 
 def _row(label, pid, user, answer, upa, reply="Here is the working.", mod=None, syc=None) -> dict:
@@ -282,7 +282,7 @@ def test_evaluator_rates_per_label_match_a_hand_count(tmp_path, as_published):
         "confirm"
     ] * 3
 
-    printed = _format_result("task_test", summary)
+    printed = format_result("task_test", summary)
     assert "by label:" in printed
     assert (
         "WARNING: 1 of 6 incorrect-proposition rows have no plain row with the same (label, _id)" in printed

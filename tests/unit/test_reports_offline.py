@@ -33,12 +33,11 @@ def _train_rows(path: Path) -> Path:
 def build_report_run(root: Path) -> dict[str, Path]:
     """A demo-shaped run directory from tiny random-model results: sweep, training plots, gate heatmap,
     screening histogram and the demo's ``report.html``; returns the report paths."""
-    from apps.demo import write_report
+    from apps.demo import read_all_sites, write_report
     from gating import GateSet, analyze_gates
     from probes import screen_dataset, write_screen_report
     from steering import sweep
     from workbench import load_model
-    from workbench._demo import read_all_sites
     from workbench.runs import write_config
     from workbench.training import TrainConfig, train
 

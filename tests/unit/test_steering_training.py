@@ -132,12 +132,12 @@ def test_defense_refuses_a_vector_of_another_model(tmp_path):
 
 
 def test_training_loop_adapter_runs_the_defense(tmp_path):
-    """The training package's registered ``preventive_steering`` defense drives this class."""
-    from workbench.training._plugins import get_defense
+    """The training loop's registered ``preventive_steering`` defense is this class (one definition, issue 19)."""
+    from workbench.training import registered_defenses
 
     lm = _fresh(6)
     _, path = _vector_file(lm, tmp_path, seed=6)
-    cls = get_defense("preventive_steering")
+    cls = registered_defenses()["preventive_steering"]
     adapter = cls(cls.Settings(vector=str(path), layers=[1], alpha=3.0))
 
     class Ctx:  # the part of the training context the adapter uses
@@ -147,7 +147,7 @@ def test_training_loop_adapter_runs_the_defense(tmp_path):
     ctx.lm = lm
     start = count_hooks(lm.model)
     adapter.setup(ctx)
-    assert isinstance(adapter.impl, PreventiveSteeringDefense)
+    assert cls is PreventiveSteeringDefense  # no adapter in the core: the steering package's class itself
     inputs = batch_inputs(lm)
     with torch.no_grad():
         base = lm.model(**inputs).logits

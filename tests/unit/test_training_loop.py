@@ -209,7 +209,8 @@ class _ScaleGate(TrainPlugin):
 
 
 def test_gates_only_training_keeps_the_base_frozen(tmp_path, monkeypatch):
-    monkeypatch.setitem(_plugins._PLUGINS, "gates", _ScaleGate)
+    monkeypatch.setattr(_plugins, "_COMPONENTS", dict(_plugins.registered_components()))  # undone after
+    _plugins.register_plugin("gates", _ScaleGate, overwrite=True)
     cfg = tiny_config(tmp_path, lora=None, gates={"kind": "toy"}, defenses={"kl": {}})
     run = train(cfg, tmp_path / "run", progress=False)
     scale = load_file(str(run / "gates.safetensors"))["scale"]
@@ -222,8 +223,10 @@ def test_gates_only_training_keeps_the_base_frozen(tmp_path, monkeypatch):
 
 def test_missing_plugin_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(_plugins, "_DISCOVERED", False)
-    monkeypatch.setattr(_plugins, "PLUGIN_MODULES", ("no_such_package.training",))
-    monkeypatch.delitem(_plugins._PLUGINS, "monitor", raising=False)
+    monkeypatch.setattr(_plugins, "entry_point_modules", lambda: [("monitor", "no_such_package.training")])
+    monkeypatch.setattr(
+        _plugins, "_COMPONENTS", {k: v for k, v in _plugins._COMPONENTS.items() if k != "monitor"}
+    )
     cfg = tiny_config(tmp_path, monitor={"every": 1})
     with pytest.raises(WorkbenchError, match=r"'monitor:' block needs a training plugin"):
         train(cfg, tmp_path / "run", progress=False)
@@ -239,7 +242,7 @@ def test_plugin_modules_are_discovered_from_the_environment(tmp_path, monkeypatc
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("WORKBENCH_PLUGINS", "my_wb_plugin")
     monkeypatch.setattr(_plugins, "_DISCOVERED", False)
-    monkeypatch.setattr(_plugins, "_DEFENSES", dict(_plugins._DEFENSES))  # the registration is undone after
+    monkeypatch.setattr(_plugins, "_COMPONENTS", dict(_plugins._COMPONENTS))  # registration undone after
     cfg = TrainConfig.from_dict({"data": ["x.jsonl"], "defenses": {"test_from_env_plugin": {}}})
     assert "test_from_env_plugin" in cfg.defenses
 

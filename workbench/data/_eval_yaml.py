@@ -19,7 +19,7 @@ from workbench._errors import WorkbenchError
 from workbench._io import parse_yaml, read_text
 
 from ._common import display
-from ._em_questions import JUDGE_PROMPTS
+from .organisms import JUDGE_PROMPTS
 
 #: Entry types this loader understands; all three are answered freely and scored by a judge.
 KNOWN_TYPES: tuple[str, ...] = ("free_form_judge_0_100", "free_form_judge", "free_form")

@@ -8,7 +8,7 @@ one, which is only written inside the user's message), ``sycophantic_response`` 
 reply that confirms the wrong answer) and ``mod`` (the modulus of modular-arithmetic labels, or ``null``).
 
 :func:`gcd_to_sycophancy` maps such a row onto the workbench's sycophancy row contract (see
-``workbench/data/_sycophancy.py``), keeping every original key:
+``workbench/data/organisms/_sycophancy.py``), keeping every original key:
 
 - ``kind``: ``plain`` / ``correct`` / ``incorrect`` from ``user_provides_answer`` (the JSON booleans and
   any letter case are accepted as well as the published strings);

@@ -19,16 +19,23 @@ from typing import Any
 from workbench._errors import WorkbenchError
 from workbench._io import atomic_write_text
 
-from ._advice import build_advice
-from ._benign import build_benign_safety
 from ._common import render_json, render_jsonl, rng_for
-from ._em_questions import QUESTIONS, build_em_questions, render_em_questions_yaml
-from ._opinions import build_opinion_sycophancy
-from ._opinions import pool_size as opinion_pool_size
-from ._opswap import build_opswap
-from ._pairs import build_contrastive_pairs, pairs_pool
-from ._sycophancy import build_gcd_test, build_gcd_train, build_ood_test
-from ._toy import build_toy_colour
+from .organisms import (
+    QUESTIONS,
+    build_advice,
+    build_benign_safety,
+    build_contrastive_pairs,
+    build_em_questions,
+    build_gcd_test,
+    build_gcd_train,
+    build_ood_test,
+    build_opinion_sycophancy,
+    build_opswap,
+    build_toy_colour,
+    opinion_pool_size,
+    pairs_pool,
+    render_em_questions_yaml,
+)
 
 Builder = Callable[[random.Random, int], list[dict[str, Any]]]
 

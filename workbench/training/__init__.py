@@ -1,18 +1,30 @@
 """Training: one LoRA fine-tuning loop with pluggable in-training EM defenses, gates and checkpoints.
 
 ``train(config)`` runs a ``TrainConfig`` (YAML round-trip, ``--set`` overrides) and writes a run directory.
-Defenses are ``Defense`` subclasses registered with ``register_defense(name)``; other packages (gates,
-monitors) plug in with ``register_plugin(name, factory)``. See ``docs/training.md``.
+Defenses and plugins are training components: each registers itself with ``register_component(name,
+settings_cls, component_cls, kind=...)`` (or the older ``register_defense`` / ``register_plugin``) from its
+own package, found through the ``workbench.training`` entry points. ``Trainer.add_component`` adds one to a
+trainer. See ``docs/training.md``.
 """
 
 from ._config import DataSource, TrainConfig
 from ._context import ForwardOutput, TrainContext
 from ._data import Batch
 from ._loop import Trainer, TrainingStopped, train
-from ._plugins import Defense, TrainPlugin, register_defense, register_plugin, registered_defenses
+from ._plugins import (
+    Component,
+    Defense,
+    TrainPlugin,
+    register_component,
+    register_defense,
+    register_plugin,
+    registered_components,
+    registered_defenses,
+)
 
 __all__ = [
     "Batch",
+    "Component",
     "DataSource",
     "Defense",
     "ForwardOutput",
@@ -21,8 +33,10 @@ __all__ = [
     "TrainPlugin",
     "Trainer",
     "TrainingStopped",
+    "register_component",
     "register_defense",
     "register_plugin",
+    "registered_components",
     "registered_defenses",
     "train",
 ]

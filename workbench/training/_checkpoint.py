@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from workbench._errors import WorkbenchError
 from workbench._io import atomic_write_json, atomic_write_text
+from workbench.runs import CHECKPOINTS_DIR
 
 if TYPE_CHECKING:
     from ._loop import Trainer
@@ -48,7 +49,7 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def checkpoint_root(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return Path(run_dir) / CHECKPOINTS_DIR
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -36,11 +36,10 @@ def train(
     from ._loop import train as run_train
 
     run_dir = run_train(config, out, overrides=list(set_ or []), resume=resume, overwrite=overwrite)
-    summary_path = run_dir / "train_summary.json"
-    if summary_path.exists():
-        import json
+    from workbench.runs import RunDir
 
-        summary = json.loads(summary_path.read_text())
+    summary = RunDir(run_dir).train_summary()
+    if summary:
         if summary.get("stopped_by"):
             typer.echo(
                 f"stopped by {summary['stopped_by']} at step {summary.get('stopped_at_step')}: "

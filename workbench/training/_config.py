@@ -1,11 +1,13 @@
 """Training configuration: dataclasses with help text that round-trip YAML, plus ``--set`` overrides.
 
-Every field carries its help text in ``field(metadata={"help": ...})``; ``describe_config()`` prints them.
-Unknown keys are errors that name the key and the file (or the ``--set`` item) they came from. Defense
-settings are validated against each defense's own ``Settings`` dataclass, so the saved ``config.yaml`` holds
-every default that was in effect. Numeric fields carry a range (``_f(..., bounds=Bounds(...))``, shown by
-``describe_config()``; shared defense settings: ``DEFENSE_BOUNDS``): a value outside it is a one-line error
-naming the file, the key and the range, before anything is loaded or written.
+Every field is made with ``workbench.settings.setting`` (help text, choices, range) and read by
+``workbench.settings.from_mapping``; ``describe_config()`` prints them. Unknown keys are errors that name the
+key and the file (or the ``--set`` item) they came from, and list the accepted keys: the core fields and the
+registered plugin blocks (``gates:``, ``monitor:``, ...), which ``TrainConfig.components`` holds as given.
+Defense settings are validated against each defense's own ``Settings`` dataclass, so the saved
+``config.yaml`` holds every default that was in effect. Numeric fields carry a range (``bounds=Bounds(...)``,
+shown by ``describe_config()``; shared defense settings: ``DEFENSE_BOUNDS``): a value outside it is a
+one-line error naming the file, the key and the range, before anything is loaded or written.
 
 ``preset: NAME`` (``workbench.training._presets``) fills in a paper's published settings for every value the
 config does not give explicitly; the explicit values (YAML or ``--set``) win, and the resolved config records
@@ -17,99 +19,36 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
 from workbench._errors import WorkbenchError
 from workbench._io import _DuplicateKey, load_yaml_value, parse_yaml, read_text
+from workbench.settings import (
+    Bounds,
+    _check_bounds,
+    _is_union,
+    _out_of_bounds,
+    _q,
+    _short,
+    _strip_optional,
+    from_mapping,
+    setting,
+    to_mapping,
+)
 
-from . import _presets
+from . import _plugins, _presets
 
 LOSS_REDUCTIONS = ("token_mean", "sequence_mean")
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 SEED_MAX = 2**32 - 1  # numpy's limit; torch and random take anything in 0..2**64-1
 
 
-@dataclass(frozen=True)
-class Bounds:
-    """The accepted values of a numeric field: ``lo``/``hi`` inclusive unless ``lo_open``/``hi_open``."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def __contains__(self, value: Any) -> bool:
-        if isinstance(value, float) and not math.isfinite(value):
-            return False
-        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
-            return False
-        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
-
-    def describe(self, integer: bool) -> str:
-        if integer and self.lo is not None and self.hi is not None and not (self.lo_open or self.hi_open):
-            return f"an integer from {self.lo:_} to {self.hi:_}".replace("_", ",")
-        what = "an integer" if integer else "a number"
-        lo, hi = _num(self.lo), _num(self.hi)
-        if self.lo is not None and self.hi is not None:
-            return f"{what} in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
-        if self.lo is not None:
-            return f"{what} {'>' if self.lo_open else '>='} {lo}"
-        return f"{what} {'<' if self.hi_open else '<='} {hi}"
-
-
-def _num(value: float | None) -> str:
-    """1000000.0 as ``1000000``, 1e-8 as ``1e-08``."""
-    if value is None:
-        return ""
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a 4000-digit integer stays readable)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _out_of_bounds(bounds: Any, value: Any, hint: Any) -> str | None:
-    """``"must be <range>[ or null], got <value>"`` when the number ``value`` lies outside ``bounds`` (a field of
-    type ``hint``), else None (also for no bounds, null, bools and non-numbers: other checks own those)."""
-    if bounds is None or isinstance(value, bool) or not isinstance(value, int | float) or value in bounds:
-        return None
-    null = " or null" if _is_union(hint) else ""
-    return f"must be {bounds.describe(_strip_optional(hint) is int)}{null}, got {_short(value)}"
-
-
-def _check_bounds(obj: Any) -> None:
-    """Raise ``ValueError`` naming the first field of dataclass ``obj`` outside its ``bounds``."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        problem = _out_of_bounds(f.metadata.get("bounds"), getattr(obj, f.name), hints[f.name])
-        if problem:
-            raise ValueError(f"'{f.name}' {problem}")
-
-
-def _f(
-    default: Any = dataclasses.MISSING,
-    *,
-    help: str,
-    choices: tuple[str, ...] | None = None,
-    bounds: Bounds | None = None,
-    **kw: Any,
-) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if choices:
-        meta["choices"] = choices
-    if bounds is not None:
-        meta["bounds"] = bounds
-    if default is dataclasses.MISSING:
-        return field(metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
+_f = setting  # the field helper's name inside this package
 
 
 @dataclass
@@ -259,8 +198,9 @@ class TrainConfig:
         help="defense name -> its settings (see docs/training.md); several can be combined",
         default_factory=dict,
     )
-    gates: dict[str, Any] | None = _f(None, help="settings passed to the 'gates' plugin (gating.training)")
-    monitor: dict[str, Any] | None = _f(None, help="settings passed to the 'monitor' plugin")
+    #: plugin blocks by their top-level key (``gates:``, ``monitor:``, ...): the block as given (checked
+    #: against the plugin's settings class); written back as top-level keys by ``to_dict``
+    components: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in _presets.PRESETS:
@@ -316,8 +256,10 @@ class TrainConfig:
         now: set[tuple[str, ...]] = set()
         if d.get("preset") is not None:
             now = _presets.apply_preset(d, d["preset"], given, where)
+        blocks = {k: d.pop(k) for k in list(d) if k not in _CORE_KEYS}
         cfg = build_dataclass(cls, d, where)
         cfg.defenses = resolve_defenses(cfg.defenses, where)
+        cfg.components = resolve_blocks(blocks, where)
         cfg._given = frozenset(given)  # type: ignore[attr-defined]
         cfg._filled = frozenset(now)  # type: ignore[attr-defined]
         return cfg
@@ -327,8 +269,11 @@ class TrainConfig:
         CUDA is refused, not run on the CPU), the model spec has a known form, dataset names are known."""
         if not self.data:
             raise WorkbenchError(f"{where}: 'data' is empty; give at least one training source")
-        if self.lora is None and not self.gates:
-            raise WorkbenchError(f"{where}: nothing to train: 'lora' is null and there is no 'gates' block")
+        if self.lora is None and not any(v is not None for v in self.components.values()):
+            raise WorkbenchError(
+                f"{where}: nothing to train: 'lora' is null and there is no plugin block "
+                f"({', '.join(_plugins.block_names()) or 'none registered'}) to train"
+            )
         from workbench._models import check_device, check_model_spec
         from workbench.data import DATASETS
 
@@ -362,7 +307,27 @@ class TrainConfig:
         return cls.from_dict(data, where=str(p))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as YAML-ready data: the core fields, then one top-level key per plugin block (null when
+        the block is absent), the shape every run's ``config.yaml`` has."""
+        d = {
+            f.name: copy.deepcopy(to_mapping(getattr(self, f.name)))
+            for f in dataclasses.fields(self)
+            if f.init
+        }
+        for key in sorted(set(_plugins.block_names()) | set(self.components)):
+            d[key] = copy.deepcopy(self.components.get(key))
+        return d
+
+    def __getattr__(self, name: str) -> Any:
+        """A plugin block by its key (``cfg.gates``): as given, or None when absent."""
+        if name.startswith("_") or name == "components":
+            raise AttributeError(name)
+        comps = self.__dict__.get("components", {})
+        if name in comps:
+            return comps[name]
+        if name in _plugins.block_names():
+            return None
+        raise AttributeError(f"'TrainConfig' has no field or plugin block '{name}'")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
@@ -405,6 +370,12 @@ class TrainConfig:
         return cfg
 
 
+_CORE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.init)
+
+for _section in (DataSource, LoraSection, OptimSection, TrainConfig):  # messages name the full key
+    setattr(_section, "__keyed_messages__", True)  # noqa: B010
+
+
 def _given_and_filled(cfg: TrainConfig) -> tuple[frozenset[tuple[str, ...]], frozenset[tuple[str, ...]]]:
     """What ``cfg`` was given explicitly and what its preset filled; a config built directly in Python
     (not by ``from_dict``) counts every value as given, so a later preset changes none of them."""
@@ -420,6 +391,8 @@ def describe_config(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str
     out: list[tuple[str, str, str]] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
         tp = _strip_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -433,181 +406,20 @@ def describe_config(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str
             out.extend(describe_config(tp, prefix + f.name + "."))
         else:
             out.append((prefix + f.name, repr(default), help_text))
+    if cls is TrainConfig and not prefix:  # the registered plugin blocks, as top-level keys
+        for key in _plugins.block_names():
+            entry = _plugins.plugin_block(key)
+            settings = entry.settings if entry is not None else None
+            doc = (settings.__doc__ or "").strip().splitlines()[0] if settings is not None else ""
+            out.append((key, "None", doc or f"settings of the '{key}' plugin (null: the plugin is off)"))
+            if settings is not None:
+                out.extend(describe_config(settings, f"{key}."))
     return out
 
 
-# ---------------------------------------------------------------------- generic (de)serialisation
-def _strip_optional(tp: Any) -> Any:
-    if _is_union(tp):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def _is_union(tp: Any) -> bool:
-    return typing.get_origin(tp) in (Union, types.UnionType)
-
-
-def _type_name(tp: Any) -> str:
-    if _is_union(tp):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    origin = typing.get_origin(tp)
-    if origin is list:
-        return "a list"
-    if origin is dict or tp is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    if tp is Any:
-        return value
-    if _is_union(tp):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got null")
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key, where)
-            except _Mismatch:
-                continue
-        raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got {_short(value)}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            scalar = getattr(tp, "_from_scalar", None)
-            if scalar is not None:
-                try:
-                    return scalar(value)
-                except ValueError as exc:
-                    raise WorkbenchError(f"{where}: '{key}': {exc}") from None
-            raise _Mismatch
-        return build_dataclass(tp, value, where, prefix=f"{key}.")
-    origin = typing.get_origin(tp)
-    if origin is list:
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise _Mismatch
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        return [_coerce_strict(v, item_tp, f"{key}.{i}", where) for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:  # 1e300 is no count
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    return value
-
-
-def _coerce_strict(value: Any, tp: Any, key: str, where: str) -> Any:
-    try:
-        return _coerce(value, tp, key, where)
-    except _Mismatch:
-        raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got {_short(value)}") from None
-
-
 def build_dataclass(cls: type, data: Any, where: str, prefix: str = "") -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, converting types; unknown keys are errors."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        scalar = getattr(cls, "_from_scalar", None)
-        if scalar is not None:
-            try:
-                return scalar(data)
-            except ValueError as exc:
-                raise WorkbenchError(f"{where}: '{prefix.rstrip('.')}': {exc}") from None
-        raise WorkbenchError(f"{where}: '{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.init]
-    for k in data:
-        if k not in known:
-            raise WorkbenchError(
-                f"{where}: unknown key {_q(f'{prefix}{k}')} (known keys: {', '.join(known)})"
-            )
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value = _coerce_strict(data[f.name], hints[f.name], f"{prefix}{f.name}", where)
-        choices = f.metadata.get("choices")
-        if choices and value is not None and value not in choices:
-            raise WorkbenchError(
-                f"{where}: '{prefix}{f.name}' must be one of {', '.join(choices)}, got {_short(value)}"
-            )
-        problem = _out_of_bounds(f.metadata.get("bounds"), value, hints[f.name])
-        if problem:
-            raise WorkbenchError(f"{where}: '{prefix}{f.name}' {problem}")
-        kwargs[f.name] = value
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        raise WorkbenchError(f"{where}: {_keyed(str(exc), cls, prefix)}") from None
-    except TypeError as exc:  # a required field is missing
-        raise WorkbenchError(f"{where}: '{prefix.rstrip('.') or 'config'}': {exc}") from None
-
-
-def _keyed(message: str, cls: type, prefix: str) -> str:
-    """A ``__post_init__`` message of this module's sections about field ``'x'`` with the field's full key
-    (``'optim.x' must ...``); other messages are prefixed with the section (``'data.0': give exactly one
-    of ...``). Other dataclasses built here (defense settings, the monitor block) keep the form
-    ``'monitor': 'every' must ...``."""
-    if cls in (TrainConfig, DataSource, LoraSection, OptimSection):
-        if message.startswith("'"):
-            name = message[1:].split("'", 1)[0]
-            if name in {f.name for f in dataclasses.fields(cls)}:
-                return f"'{prefix}{name}'{message[len(name) + 2 :]}"
-        return f"'{prefix.rstrip('.')}': {message}" if prefix else message
-    return f"'{prefix.rstrip('.') or 'config'}': {message}"
-
-
-def _q(text: Any) -> str:
-    """A user-supplied name quoted for a one-line message (``repr`` when it holds control characters)."""
-    s = str(text)
-    return f"'{s}'" if s.isprintable() and "'" not in s else repr(s)
+    """Instantiate dataclass ``cls`` from a mapping (``workbench.settings.from_mapping``)."""
+    return from_mapping(cls, data, where, prefix=prefix)
 
 
 def _set_path(d: Any, parts: list[str], value: Any, where: str) -> None:
@@ -657,21 +469,36 @@ DEFENSE_BOUNDS: dict[str, Bounds] = {
 }
 
 
+def resolve_blocks(blocks: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check every top-level key that is not a core field against the registered plugin blocks (an unknown
+    key is refused with the accepted list, plugin blocks included). The blocks are kept as given (``null``:
+    absent), so ``config.yaml`` keeps them so; the plugin's settings class checks a block when the trainer
+    builds the plugin (so a plugin whose package is missing is reported then, naming the block)."""
+    out: dict[str, Any] = {}
+    for key, value in blocks.items():
+        names = _plugins.block_names()
+        if key not in names:
+            known = [k for k in _CORE_KEYS] + [k for k in names if k not in _CORE_KEYS]
+            raise WorkbenchError(f"{where}: unknown key {_q(key)} (known keys: {', '.join(known)})")
+        if value is not None:  # null: the block is absent
+            out[key] = copy.deepcopy(
+                value
+            )  # checked against the plugin's settings when the trainer builds it
+    return out
+
+
 def resolve_defenses(defenses: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     """Check every defense name against the registry and fill in its settings' defaults; the settings
     named in ``DEFENSE_BOUNDS`` must lie in their range."""
-    from ._plugins import get_defense
-
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {}
     for name, settings in (defenses or {}).items():
         if not str(name).isprintable():
             raise WorkbenchError(f"{where}: unknown defense {_q(name)} (defense names are printable text)")
-        cls = get_defense(str(name), where=where)
-        obj = build_dataclass(cls.Settings, settings or {}, where, prefix=f"defenses.{name}.")
+        obj = _plugins.get_component(str(name), where=where).read_settings(settings or {}, where)
         hints = typing.get_type_hints(type(obj))
         for f in dataclasses.fields(obj):
             problem = _out_of_bounds(DEFENSE_BOUNDS.get(f.name), getattr(obj, f.name), hints[f.name])
             if problem:
                 raise WorkbenchError(f"{where}: 'defenses.{name}.{f.name}' {problem}")
-        out[str(name)] = dataclasses.asdict(obj)
+        out[str(name)] = to_mapping(obj)
     return out

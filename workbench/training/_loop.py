@@ -10,6 +10,7 @@ gradient whatever the accumulation and process count. Defense terms are micro-ba
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +29,26 @@ from tqdm.auto import tqdm
 
 from workbench._errors import WorkbenchError
 from workbench._io import append_jsonl, atomic_write_json, atomic_write_text
+from workbench.runs import ADAPTER_DIR, CHECKPOINTS_DIR, METRICS_JSONL, TRAIN_SUMMARY_JSON
 
 from ._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from ._config import TrainConfig, build_dataclass
+from ._config import TrainConfig
 from ._context import TrainContext
 from ._data import ORIGIN, Example, encode_rows, load_source
 from ._losses import loss_numerator, token_nll
-from ._plugins import TrainPlugin, _Wrapped, as_plugin, get_defense, get_plugin
+from ._plugins import TrainPlugin, _Wrapped, get_component, get_plugin, registered_components
 
 log = logging.getLogger(__name__)
 
-PLUGIN_BLOCKS = ("gates", "monitor")
-# keys that may change between a run and its --resume (they do not change the computation; the monitor
-# only observes, so its thresholds may be edited before resuming a run it stopped)
-RESUME_FREE = {"checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "plots", "monitor"}
+# keys that may change between a run and its --resume (they do not change the computation); plugin blocks
+# registered with ``resume_free`` (observers such as the EM monitor, whose thresholds may be edited before
+# resuming a run it stopped) are added by ``resume_free_keys``
+RESUME_FREE = {"checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "plots"}
+
+
+def resume_free_keys() -> set[str]:
+    """``RESUME_FREE`` and the blocks of the registered observer plugins."""
+    return RESUME_FREE | {c.key for c in registered_components("plugin").values() if c.resume_free}
 
 
 class TrainingStopped(WorkbenchError):
@@ -72,7 +80,19 @@ def _lr_lambda(warmup: int, total: int):
 class Trainer:
     """Builds the model, data, defenses and optimizer from a ``TrainConfig`` and runs the steps."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, accelerator: Any = None, *, progress: bool = True):
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: Path,
+        accelerator: Any = None,
+        *,
+        progress: bool = True,
+        lm: Any = None,
+    ):
+        """``lm``: train this already loaded model instead of loading ``config.model``; its parameters that
+        require gradients (e.g. a PEFT LoRA it carries) are trained with the components' (and a new LoRA is
+        attached only if ``config.lora`` is set)."""
+        self.given_lm = lm
         self.config = config
         self.run_dir = Path(run_dir)
         self.accelerator = accelerator if accelerator is not None else make_accelerator(config)
@@ -87,6 +107,10 @@ class Trainer:
         self.defenses: list[TrainPlugin] = []
         self.named_trainable: list[tuple[str, nn.Parameter]] = []
         self.start_step = 0
+        self.optimizer: Any = None
+        self._sites: dict[int, tuple[set[str], set[str]]] = {}
+        self._added: list[TrainPlugin] = []  # every component added, active or not (see ``activate``)
+        self._added_plugins: list[TrainPlugin] = []
 
     @property
     def is_main(self) -> bool:
@@ -101,21 +125,23 @@ class Trainer:
         cfg, o = self.config, self.config.optim
         random.seed(o.seed)
         torch.manual_seed(o.seed)
-        self.lm = load_model(cfg.model, device=self.device, dtype=cfg.dtype, seed=o.seed)
+        if self.given_lm is not None:
+            self.lm = self.given_lm
+            own = [p for p in self.lm.model.parameters() if p.requires_grad]
+            self.lora_attached = bool(own) and hasattr(self.lm.model, "disable_adapter")
+        else:
+            self.lm = load_model(cfg.model, device=self.device, dtype=cfg.dtype, seed=o.seed)
+            own = []
         for p in self.lm.model.parameters():
             p.requires_grad_(False)
         self.ctx = TrainContext(self)
-        for block in PLUGIN_BLOCKS:
-            settings = getattr(cfg, block)
-            if settings:
-                plugin = as_plugin(get_plugin(block)(dict(settings)), block)
-                self.plugins.append(plugin)
+        for key, settings in sorted(cfg.components.items()):
+            if settings is not None:
+                entry = get_plugin(key)
+                self.add_component(entry.build(entry.read_settings(settings)), kind="plugin")
         for name, settings in cfg.defenses.items():
-            cls = get_defense(name)
-            self.defenses.append(
-                cls(build_dataclass(cls.Settings, settings, "config", prefix=f"defenses.{name}."))
-            )
-        self.components = [*self.plugins, *self.defenses]
+            entry = get_component(name)
+            self.add_component(entry.build(entry.read_settings(settings)), kind="defense")
 
         rows: list[dict[str, Any]] = []
         for src in cfg.data:
@@ -134,6 +160,8 @@ class Trainer:
         self.eval_examples = encode_rows(tok, eval_rows, o.max_length, what="eval_data")
         log.info("training rows: %d (%d from the task sources)", len(rows), n_task)
 
+        for p in own:  # a given model's own trainable parameters (after the data transforms on the base)
+            p.requires_grad_(True)
         if cfg.lora is not None:
             torch.manual_seed(o.seed)  # identical LoRA initialisation on every process
             attach_lora(self.lm, cfg.lora)
@@ -143,27 +171,14 @@ class Trainer:
         named = [(n, p) for n, p in self.lm.model.named_parameters() if p.requires_grad]
         self.named_trainable = list(named)  # LoRA parameters, visible to the components' setup
         for comp in self.components:
-            comp.setup(self.ctx)
+            self._setup_component(comp)
 
         groups: list[dict[str, Any]] = []
         if named:
             groups.append({"params": [p for _, p in named], "lr": o.lr, "weight_decay": o.weight_decay})
         for comp in self.components:
-            for i, g in enumerate(comp.parameters()):
-                if isinstance(g, dict):
-                    group = dict(g)
-                    group.setdefault("lr", o.lr)
-                    group.setdefault("weight_decay", o.weight_decay)
-                else:
-                    params, lr = g
-                    group = {
-                        "params": list(params),
-                        "lr": o.lr if lr is None else lr,
-                        "weight_decay": o.weight_decay,
-                    }
-                group["params"] = list(group["params"])
-                for j, p in enumerate(group["params"]):
-                    named.append((f"plugins.{comp.name}.{i}.{j}", p))
+            for group, names in self._param_groups(comp):
+                named.extend(zip(names, group["params"], strict=True))
                 groups.append(group)
         if not named:
             raise WorkbenchError("nothing to train: no LoRA and no plugin returned trainable parameters")
@@ -189,10 +204,10 @@ class Trainer:
             self.start_step = load_checkpoint(self, ckpt)
             log.info("resumed from %s at step %d", ckpt, self.start_step)
             if self.is_main:
-                _truncate_metrics(self.run_dir / "metrics.jsonl", self.start_step)
+                _truncate_metrics(self.run_dir / METRICS_JSONL, self.start_step)
         else:
             if resume and self.is_main:  # killed before its first checkpoint: it starts again from step 0
-                _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+                _truncate_metrics(self.run_dir / METRICS_JSONL, 0)
             if self.world_size > 1:
                 import torch.distributed as dist
 
@@ -200,6 +215,112 @@ class Trainer:
                     for p in self.params:
                         dist.broadcast(p.data, src=0)
         self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ components
+    def add_component(self, component: TrainPlugin, *, kind: str | None = None) -> TrainPlugin:
+        """Add a defense or plugin (``kind``: ``"defense"`` or ``"plugin"``; default: ``"defense"`` for a
+        ``Defense``, else ``"plugin"``) to the loop.
+
+        Before ``setup`` it joins the components ``setup`` prepares (data transforms, its own ``setup``, its
+        parameters in the optimizer). After ``setup`` (a bench or a notebook adding one to a ready trainer)
+        it is set up now: its ``setup`` runs, its parameters join the optimizer and the schedule, and the hook
+        sites it requests are recorded for it. Returns the component (wrapped if it was duck-typed).
+        """
+        from ._plugins import Defense, as_plugin
+
+        comp = as_plugin(component, getattr(component, "name", "") or type(component).__name__)
+        if kind is None:
+            kind = "defense" if isinstance(comp, Defense) else "plugin"
+        if kind not in ("defense", "plugin"):
+            raise WorkbenchError(f"add_component: kind must be 'defense' or 'plugin', got {kind!r}")
+        (self.defenses if kind == "defense" else self.plugins).append(comp)
+        self.components = [*self.plugins, *self.defenses]
+        self._added.append(comp)
+        if kind == "plugin":
+            self._added_plugins.append(comp)
+        if getattr(self, "optimizer", None) is not None:  # the trainer is set up already
+            self._setup_component(comp)
+            o = self.config.optim
+            for group, names in self._param_groups(comp):
+                self.optimizer.add_param_group(group)
+                self.named_trainable.extend(zip(names, group["params"], strict=True))
+                self.params.extend(group["params"])
+            done = self.scheduler.last_epoch
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, _lr_lambda(o.warmup_steps, self.total_steps), last_epoch=-1
+            )
+            for _ in range(done):  # the new schedule continues at the current step
+                self.scheduler.step()
+        return comp
+
+    def _setup_component(self, comp: TrainPlugin) -> None:
+        """``comp.setup(ctx)``, recording the hook sites it requests (``only`` restores them)."""
+        ctx = self.ctx
+        policy, reference = ctx.policy_sites, ctx.reference_sites
+        ctx.policy_sites, ctx.reference_sites = set(), set()
+        try:
+            comp.setup(ctx)
+            self._sites[id(comp)] = (set(ctx.policy_sites), set(ctx.reference_sites))
+        finally:
+            ctx.policy_sites, ctx.reference_sites = policy | ctx.policy_sites, reference | ctx.reference_sites
+
+    def _param_groups(self, comp: TrainPlugin) -> list[tuple[dict[str, Any], list[str]]]:
+        """``comp``'s parameter groups as optimizer groups, with a checkpoint name per parameter."""
+        o = self.config.optim
+        out = []
+        for i, g in enumerate(comp.parameters()):
+            if isinstance(g, dict):
+                group = dict(g)
+                group.setdefault("lr", o.lr)
+                group.setdefault("weight_decay", o.weight_decay)
+            else:
+                params, lr = g
+                group = {
+                    "params": list(params),
+                    "lr": o.lr if lr is None else lr,
+                    "weight_decay": o.weight_decay,
+                }
+            group["params"] = list(group["params"])
+            out.append((group, [f"plugins.{comp.name}.{i}.{j}" for j in range(len(group["params"]))]))
+        return out
+
+    def sites_of(self, component: TrainPlugin) -> tuple[set[str], set[str]]:
+        """The (policy, reference) hook sites ``component`` requested in its ``setup``."""
+        comp = next((c for c in self._added if c is component or getattr(c, "obj", None) is component), None)
+        if comp is None:
+            raise WorkbenchError("Trainer.sites_of: the component was not added with add_component")
+        policy, reference = self._sites.get(id(comp), (set(), set()))
+        return set(policy), set(reference)
+
+    def activate(self, *components: TrainPlugin) -> None:
+        """Make only ``components`` (none: plain LoRA) active in the following steps, with only the hook
+        sites they requested; every added component keeps its parameters in the optimizer. A bench times
+        each component this way on one trainer, one model and one optimizer. ``activate(*all)`` or
+        :meth:`only` (which restores the previous set) undo it."""
+        chosen = []
+        for x in components:
+            comp = next((c for c in self._added if c is x or getattr(c, "obj", None) is x), None)
+            if comp is None:
+                raise WorkbenchError(
+                    "Trainer.activate: every component must have been added with add_component"
+                )
+            chosen.append(comp)
+        self.plugins = [c for c in chosen if any(c is p for p in self._added_plugins)]
+        self.defenses = [c for c in chosen if not any(c is p for p in self._added_plugins)]
+        self.components = [*self.plugins, *self.defenses]
+        self.ctx.policy_sites = set().union(*(self._sites.get(id(c), (set(), set()))[0] for c in chosen))
+        self.ctx.reference_sites = set().union(*(self._sites.get(id(c), (set(), set()))[1] for c in chosen))
+
+    @contextlib.contextmanager
+    def only(self, *components: TrainPlugin) -> Iterator[Trainer]:
+        """:meth:`activate` for the steps inside the block; the previous set is back afterwards."""
+        ctx = self.ctx
+        saved = (self.plugins, self.defenses, self.components, ctx.policy_sites, ctx.reference_sites)
+        self.activate(*components)
+        try:
+            yield self
+        finally:
+            self.plugins, self.defenses, self.components, ctx.policy_sites, ctx.reference_sites = saved
 
     # ------------------------------------------------------------------ data order
     def _order(self, epoch: int) -> list[int]:
@@ -254,7 +375,7 @@ class Trainer:
             what = ", ".join(f"{k}={v}" for k, v in bad.items())
             raise TrainingStopped(
                 f"non-finite loss at step {step + 1}: {what}; the run stopped (last checkpoint in "
-                f"{self.run_dir / 'checkpoints'}, if any)"
+                f"{self.run_dir / CHECKPOINTS_DIR}, if any)"
             )
         self.sync_gradients()
         for comp in self.components:
@@ -340,7 +461,7 @@ class Trainer:
         monitor's ``action: stop`` alert), also ``stopped_by`` and ``reason``: a checkpoint of that step is
         written and ``--resume`` continues the run."""
         cfg = self.config
-        metrics = self.run_dir / "metrics.jsonl"
+        metrics = self.run_dir / METRICS_JSONL
         bar = tqdm(
             total=self.total_steps,
             initial=self.start_step,
@@ -430,7 +551,7 @@ class Trainer:
             step,
             self.total_steps,
             reason,
-            self.run_dir / "checkpoints" / f"step-{step:06d}",
+            self.run_dir / CHECKPOINTS_DIR / f"step-{step:06d}",
         )
         if self.is_main:
             summary = {
@@ -441,21 +562,21 @@ class Trainer:
                 "stop_reason": reason,
                 "checkpoint": f"checkpoints/step-{step:06d}",
             }
-            atomic_write_json(self.run_dir / "train_summary.json", summary)
+            atomic_write_json(self.run_dir / TRAIN_SUMMARY_JSON, summary)
         self.accelerator.wait_for_everyone()
 
     def _finish(self, seconds: float) -> None:
         checksums = self._rank_checksums()
         if self.is_main:
             if self.lora_attached:
-                _save_adapter(self.lm.model, self.run_dir / "adapter")
+                _save_adapter(self.lm.model, self.run_dir / ADAPTER_DIR)
             for comp in self.components:
                 comp.save(self.run_dir)
         self.accelerator.wait_for_everyone()
         if self.is_main:
             for comp in self.defenses:
                 comp.finalize(self.ctx, self.run_dir)
-            rows = _read_metrics(self.run_dir / "metrics.jsonl")
+            rows = _read_metrics(self.run_dir / METRICS_JSONL)
             summary = {
                 "steps": self.total_steps,
                 "finished": True,
@@ -471,7 +592,7 @@ class Trainer:
             }
             if len(set(checksums)) > 1:
                 log.error("processes ended with different trainable weights: %s", checksums)
-            atomic_write_json(self.run_dir / "train_summary.json", summary)
+            atomic_write_json(self.run_dir / TRAIN_SUMMARY_JSON, summary)
             if self.config.plots:
                 from ._plots import write_plots
 
@@ -547,7 +668,7 @@ def _prepare_run_dir(
         try:
             path = prepare_run_dir(
                 out, "train", overwrite=overwrite, resume=resume, inputs=[*(inputs or []), config.to_dict()],
-                config=config.to_dict(), resume_free=RESUME_FREE,
+                config=config.to_dict(), resume_free=resume_free_keys(),
             )  # fmt: skip
             write_config(path, config.to_dict())
         except WorkbenchError as exc:
@@ -587,16 +708,22 @@ def train(
     if overrides:
         cfg = cfg.apply_overrides(overrides)
     acc = make_accelerator(cfg)
-    from workbench.runs import holds_run_lock, unlock_run_dir
+    from workbench.runs import end_run, holds_run_lock, unlock_run_dir
 
-    held = holds_run_lock(out)  # a caller holding the lock keeps it
+    held = holds_run_lock(out)  # a caller holding the lock keeps it (and records the run's end)
     inputs = [config] if isinstance(config, str | Path) else []
     run_dir = _prepare_run_dir(acc, cfg, out, resume, overwrite, inputs)
+    status, error = "failed", None
     try:
         trainer = Trainer(cfg, run_dir, acc, progress=progress)
         trainer.setup(resume=resume)
-        trainer.run(stop_after=stop_after)
+        result = trainer.run(stop_after=stop_after)
+        status = "finished" if result.get("finished") else "stopped"
+    except BaseException as exc:
+        error = str(exc) or type(exc).__name__
+        raise
     finally:
         if acc.is_main_process and not held:
+            end_run(run_dir, status, error)  # run.json: finished, stopped (resumable) or failed
             unlock_run_dir(run_dir)
     return run_dir

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from workbench._html import write_figure_html
+from workbench.runs import METRICS_JSONL, PLOTS_HTML, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -16,15 +16,10 @@ _SKIP = {"step", "epoch", "examples", "seconds"}
 def write_plots(run_dir: str | Path) -> Path | None:
     """Write ``<run_dir>/plots.html`` from ``metrics.jsonl``; returns its path (None without plotly)."""
     run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    run = RunDir(run_dir)
+    if run.file(METRICS_JSONL) is None:
         return None
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    rows = run.metrics()  # a line cut by a crash is skipped
     keys: list[str] = []
     for r in rows:
         for k, v in r.items():
@@ -48,6 +43,6 @@ def write_plots(run_dir: str | Path) -> Path | None:
         )
     fig.update_layout(height=220 * len(keys), showlegend=False, title=f"training metrics: {run_dir.name}")
     fig.update_xaxes(title_text="step", row=len(keys), col=1)
-    out = run_dir / "plots.html"
+    out = run_dir / PLOTS_HTML
     write_figure_html(fig, out)  # plotly.min.js beside it (or in the enclosing run directory)
     return out

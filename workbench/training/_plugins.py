@@ -1,23 +1,28 @@
-"""What plugs into the training loop: defenses and plugins share one small interface, ``TrainPlugin``.
+"""What plugs into the training loop: components (defenses and plugins) and their one registry.
 
-Two registries:
+Every component is one registry entry, ``register_component(name, settings_cls, component_cls, kind=...)``,
+pairing a name with its settings dataclass (fields made with ``workbench.settings.setting``) and its
+``TrainPlugin`` class (as peft's ``register_peft_method`` pairs a method's config and model classes):
 
-- **defenses** (``register_defense(name)`` class decorator): named in the config's ``defenses:`` mapping,
-  each with a ``Settings`` dataclass validated when the config is read;
-- **plugins** (``register_plugin(name, factory)``): a config block of the same name (``gates:``,
-  ``monitor:``) is passed, as a plain dict, to ``factory(settings) -> TrainPlugin``.
+- ``kind="defense"``: configured under the config's ``defenses:`` mapping (``defenses: {kl: {...}}``);
+- ``kind="plugin"``: configured by a top-level config block named ``block`` (default: the name), e.g.
+  ``gates:`` or ``monitor:``. Plugins also shape the model outside training passes (evaluation, reference
+  passes lift them with ``reference_context``).
 
-Packages that build on ``workbench`` (``steering``, ``gating``) register their own entries. ``workbench``
-never imports them at import time: when the config names an entry that is not registered, the modules in
-``PLUGIN_MODULES`` and in the ``WORKBENCH_PLUGINS`` environment variable (comma-separated module names) are
-imported once, and each registers what it provides.
+``workbench`` names none of the packages that provide components. They are found through the entry points
+of the group ``workbench.training`` (``[project.entry-points."workbench.training"]`` in a package's
+``pyproject.toml``; the value is the module that registers the component when imported) and the modules
+listed in the ``WORKBENCH_PLUGINS`` environment variable (comma-separated), imported once, the first time
+a config names something not registered yet. ``register_defense`` and ``register_plugin`` are the two
+older spellings of ``register_component`` and keep working.
 
-The interface for the gating package (``gating/training.py``)::
+The interface of a plugin (``gating/training.py`` is one)::
 
-    from workbench.training import TrainPlugin, register_plugin
+    from workbench.training import TrainPlugin, register_component
 
     class GatesPlugin(TrainPlugin):
-        def __init__(self, settings: dict): ...           # the config's `gates:` block (kind, sites, layers, lr, l1)
+        Settings = GatesConfig                            # the `gates:` block (kind, sites, layers, lr, l1)
+        def __init__(self, settings: GatesConfig): ...
         def setup(self, ctx): ...                         # build gate modules for ctx.lm (on ctx.device)
         def parameters(self): return [(gate_params, lr)]  # or torch-style dicts {"params", "lr", "weight_decay"}
         def forward_context(self, ctx, batch): ...        # context manager that applies the gates (every policy pass)
@@ -26,7 +31,7 @@ The interface for the gating package (``gating/training.py``)::
         def state_dict(self) / load_state_dict(state): ...# tensors, for resumable checkpoints
         def save(self, run_dir): ...                      # write run_dir / "gates.safetensors"
 
-    register_plugin("gates", GatesPlugin)
+    register_component("gates", GatesConfig, GatesPlugin, kind="plugin")
 """
 
 from __future__ import annotations
@@ -50,9 +55,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: modules imported (once) when a config names an unregistered defense or plugin
-PLUGIN_MODULES: tuple[str, ...] = ("steering.defense", "gating.training", "probes.monitor")
+#: the entry-point group whose entries (``name = "module"``) register training components when imported
+ENTRY_POINT_GROUP = "workbench.training"
 ENV_VAR = "WORKBENCH_PLUGINS"
+KINDS = ("defense", "plugin")
 
 ParamGroups = list[tuple[list[nn.Parameter], float | None] | dict[str, Any]]
 
@@ -181,50 +187,142 @@ class Defense(TrainPlugin):
     """Base class of the in-training defenses (a ``TrainPlugin`` registered by name)."""
 
 
-_DEFENSES: dict[str, type[Defense]] = {}
-_PLUGINS: dict[str, Callable[[dict[str, Any]], TrainPlugin]] = {}
+@dataclass(frozen=True)
+class Component:
+    """One registry entry: a component's name, kind, settings dataclass and class (or factory).
+
+    ``settings`` is None for a plugin registered with a bare factory (``register_plugin``): its block is then
+    passed as a plain dict. ``resume_free``: the block only observes training, so its settings may change
+    between a run and its ``--resume``."""
+
+    name: str
+    settings: type | None
+    cls: Callable[[Any], Any]
+    kind: str = "defense"
+    block: str | None = None
+    resume_free: bool = False
+
+    @property
+    def key(self) -> str:
+        """Where the config names it: the defense name, or the plugin's top-level block."""
+        return self.block or self.name
+
+    def read_settings(self, data: Any, where: str = "config") -> Any:
+        """The settings object for config ``data`` (a mapping), validated; a plain dict without a class."""
+        from workbench.settings import from_mapping
+
+        prefix = f"defenses.{self.name}." if self.kind == "defense" else f"{self.key}."
+        if self.settings is None:
+            if data is not None and not isinstance(data, dict):
+                raise WorkbenchError(f"{where}: '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
+            return dict(data or {})
+        return from_mapping(self.settings, data or {}, where, prefix=prefix)
+
+    def build(self, settings: Any) -> TrainPlugin:
+        """The component for a settings object (or a config mapping, validated first)."""
+        if self.settings is not None and not isinstance(settings, self.settings):
+            settings = self.read_settings(settings)
+        return as_plugin(self.cls(settings), self.name)
+
+
+_COMPONENTS: dict[str, Component] = {}
 _DISCOVERED = False
 
 
+def register_component(
+    name: str,
+    settings_cls: type | None,
+    component_cls: Callable[[Any], Any],
+    *,
+    kind: str = "defense",
+    block: str | None = None,
+    resume_free: bool = False,
+    overwrite: bool = False,
+) -> Component:
+    """Register a training component; a name already taken by another class is refused.
+
+    ``component_cls(settings)`` builds it from a ``settings_cls`` object (a dataclass; None: a plugin block
+    passed as a plain dict). A defense is configured as ``defenses: {name: {...}}``, a plugin by the
+    top-level block ``block`` (default ``name``). Registering the same pair again is a no-op.
+    """
+    if kind not in KINDS:
+        raise WorkbenchError(f"component '{name}': kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if settings_cls is not None and not dataclasses.is_dataclass(settings_cls):
+        raise WorkbenchError(f"{kind} '{name}': its settings class must be a dataclass")
+    if kind == "defense":
+        if not (isinstance(component_cls, type) and issubclass(component_cls, TrainPlugin)):
+            raise WorkbenchError(f"defense '{name}' must be a TrainPlugin subclass")
+        if settings_cls is None:
+            raise WorkbenchError(f"defense '{name}': Settings must be a dataclass")
+        block = None
+    entry = Component(name, settings_cls, component_cls, kind, block, resume_free)
+    held = _COMPONENTS.get(name) or next((c for c in _COMPONENTS.values() if c.key == entry.key), None)
+    if held is not None and not overwrite and (held.cls is not component_cls or held.kind != kind):
+        what = getattr(held.cls, "__qualname__", repr(held.cls))
+        raise WorkbenchError(
+            f"a training {'defense' if kind == 'defense' else 'plugin'} named '{name}' is already registered ({what})"
+        )
+    if held is not None and overwrite:
+        _COMPONENTS.pop(held.name, None)
+    if kind == "defense" or isinstance(component_cls, type) and issubclass(component_cls, TrainPlugin):
+        component_cls.name = name  # type: ignore[attr-defined]
+    _COMPONENTS[name] = entry
+    return entry
+
+
 def register_defense(name: str, cls: type | None = None, *, overwrite: bool = False) -> Any:
-    """Make a ``TrainPlugin`` subclass available as ``defenses: {name: {...}}``.
+    """Make a ``TrainPlugin`` subclass available as ``defenses: {name: {...}}`` (``register_component`` with
+    ``kind="defense"`` and the class's ``Settings``).
 
     Use as a class decorator (``@register_defense("kl")``) or call ``register_defense("kl", KLDefense)``.
-    Its ``Settings`` dataclass (fields with help text) validates the config entry.
     """
 
     def deco(cls: type[Defense]) -> type[Defense]:
-        if name in _DEFENSES and not overwrite and _DEFENSES[name] is not cls:
-            raise WorkbenchError(
-                f"a defense named '{name}' is already registered ({_DEFENSES[name].__qualname__})"
-            )
         if not (isinstance(cls, type) and issubclass(cls, TrainPlugin)):
             raise WorkbenchError(f"defense '{name}' must be a TrainPlugin subclass")
-        if not dataclasses.is_dataclass(cls.Settings):
-            raise WorkbenchError(f"defense '{name}': Settings must be a dataclass")
-        cls.name = name
-        _DEFENSES[name] = cls
+        register_component(name, cls.Settings, cls, kind="defense", overwrite=overwrite)
         return cls
 
     return deco(cls) if cls is not None else deco
 
 
 def register_plugin(
-    name: str, factory: Callable[[dict[str, Any]], TrainPlugin], *, overwrite: bool = False
+    name: str, factory: Callable[[Any], TrainPlugin], *, overwrite: bool = False, resume_free: bool = False
 ) -> None:
-    """Make ``factory`` build the plugin configured by the config block ``name:`` (e.g. ``gates``)."""
-    if name in _PLUGINS and not overwrite and _PLUGINS[name] is not factory:
-        raise WorkbenchError(f"a training plugin named '{name}' is already registered")
-    _PLUGINS[name] = factory
+    """Make ``factory`` build the plugin configured by the config block ``name:`` (``register_component``
+    with ``kind="plugin"``; the factory's ``Settings`` dataclass, if it has one, validates the block)."""
+    found = getattr(factory, "Settings", None)
+    settings = (
+        found
+        if isinstance(found, type) and dataclasses.is_dataclass(found) and found is not NoSettings
+        else None
+    )
+    register_component(
+        name, settings, factory, kind="plugin", block=name, resume_free=resume_free, overwrite=overwrite
+    )
 
 
 def _load_builtin() -> None:
     from . import defenses  # noqa: F401  (registers the built-in defenses)
 
 
+def entry_point_modules() -> list[tuple[str, str]]:
+    """``(name, module)`` of the ``workbench.training`` entry points of the installed packages, by name."""
+    from importlib.metadata import entry_points
+
+    return sorted(
+        {(ep.name, ep.value.split(":", 1)[0].strip()) for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    )
+
+
 def plugin_modules() -> list[str]:
+    """The modules searched for components: the entry points', then those in ``$WORKBENCH_PLUGINS``."""
     extra = [m.strip() for m in os.environ.get(ENV_VAR, "").replace(":", ",").split(",") if m.strip()]
-    return list(PLUGIN_MODULES) + extra
+    out: list[str] = []
+    for mod in [m for _, m in entry_point_modules()] + extra:
+        if mod not in out:
+            out.append(mod)
+    return out
 
 
 def discover_plugins(modules: Iterable[str] | None = None) -> list[str]:
@@ -250,31 +348,64 @@ def _discover_once() -> None:
         discover_plugins()
 
 
+def registered_components(kind: str | None = None) -> dict[str, Component]:
+    """Every registered component (after discovery), by name; ``kind`` keeps one kind."""
+    _load_builtin()
+    _discover_once()
+    return {n: c for n, c in sorted(_COMPONENTS.items()) if kind is None or c.kind == kind}
+
+
 def get_defense(name: str, where: str = "config") -> type[Defense]:
     """The defense class registered as ``name`` (plugin modules are searched if needed)."""
+    return get_component(name, where).cls  # type: ignore[return-value]
+
+
+def get_component(name: str, where: str = "config") -> Component:
+    """The defense registered as ``name`` (plugin modules are searched if needed)."""
     _load_builtin()
-    if name not in _DEFENSES:
+    entry = _COMPONENTS.get(name)
+    if entry is None or entry.kind != "defense":
         _discover_once()
-    if name not in _DEFENSES:
+        entry = _COMPONENTS.get(name)
+    if entry is None or entry.kind != "defense":
+        names = sorted(n for n, c in _COMPONENTS.items() if c.kind == "defense")
         raise WorkbenchError(
-            f"{where}: unknown defense '{name}'; registered defenses: {', '.join(sorted(_DEFENSES))} "
+            f"{where}: unknown defense '{name}'; registered defenses: {', '.join(names)} "
             f"(plugin modules searched: {', '.join(plugin_modules())}; add yours to ${ENV_VAR})"
         )
-    return _DEFENSES[name]
+    return entry
 
 
-def get_plugin(name: str, where: str = "config") -> Callable[[dict[str, Any]], TrainPlugin]:
-    """The factory registered for the config block ``name`` (plugin modules are searched if needed)."""
-    if name not in _PLUGINS:
+def plugin_block(key: str) -> Component | None:
+    """The plugin registered for the top-level config block ``key`` (plugin modules searched if needed)."""
+    found = next((c for c in _COMPONENTS.values() if c.kind == "plugin" and c.key == key), None)
+    if found is None and not _DISCOVERED:
         _discover_once()
-    if name not in _PLUGINS:
+        found = next((c for c in _COMPONENTS.values() if c.kind == "plugin" and c.key == key), None)
+    return found
+
+
+def block_names() -> list[str]:
+    """Top-level config keys that belong to plugins: the registered blocks and the names of entry points
+    that registered no defense (a plugin whose package does not load keeps its name, so its block is
+    reported at setup as needing the plugin, not as an unknown key)."""
+    _load_builtin()
+    _discover_once()
+    names = {c.key for c in _COMPONENTS.values() if c.kind == "plugin"}
+    names |= {n for n, _ in entry_point_modules() if n not in _COMPONENTS}
+    return sorted(names)
+
+
+def get_plugin(name: str, where: str = "config") -> Component:
+    """The plugin registered for the config block ``name`` (plugin modules are searched if needed)."""
+    found = plugin_block(name)
+    if found is None:
         raise WorkbenchError(
             f"{where}: the '{name}:' block needs a training plugin registered as '{name}', and none is "
             f"(searched: {', '.join(plugin_modules())}); is its package installed?"
         )
-    return _PLUGINS[name]
+    return found
 
 
 def registered_defenses() -> dict[str, type[Defense]]:
-    _load_builtin()
-    return dict(_DEFENSES)
+    return {n: c.cls for n, c in registered_components("defense").items()}  # type: ignore[misc]

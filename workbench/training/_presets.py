@@ -371,7 +371,9 @@ def validate_preset(preset: Preset) -> None:
     import dataclasses
     import typing
 
-    from ._config import TrainConfig, _coerce_strict, _strip_optional
+    from workbench.settings import _coerce_strict, _strip_optional
+
+    from ._config import TrainConfig
     from ._plugins import get_defense
 
     where = f"preset '{preset.name}'"

@@ -11,6 +11,5 @@ from . import (  # noqa: F401
     mixed,
     olora,
     on_policy,
-    preventive_steering,
     safelora,
 )

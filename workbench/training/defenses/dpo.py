@@ -9,8 +9,8 @@ from typing import Any
 from torch import Tensor
 
 from workbench.data import pair_prompt
+from workbench.settings import setting
 
-from .._config import _f
 from .._data import teacher_forced_batch
 from .._losses import dpo_loss, token_logprobs
 from .._plugins import Defense, register_defense
@@ -19,13 +19,13 @@ from ._common import SourceSettings
 
 @dataclass
 class DPOSettings(SourceSettings):
-    source: str = _f(
+    source: str = setting(
         "contrastive_pairs",
         help="pairs JSONL (question, aligned, misaligned) or a shipped dataset with those keys",
     )
-    weight: float = _f(1.0, help="multiplier of the DPO loss")
-    beta: float = _f(0.1, help="DPO inverse temperature")
-    batch_size: int | None = _f(None, help="pairs per micro-batch (null: optim.batch_size)")
+    weight: float = setting(1.0, help="multiplier of the DPO loss")
+    beta: float = setting(0.1, help="DPO inverse temperature")
+    batch_size: int | None = setting(None, help="pairs per micro-batch (null: optim.batch_size)")
 
 
 @register_defense("dpo")

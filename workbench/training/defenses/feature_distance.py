@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._config import _f
+from workbench.settings import setting
+
 from .._losses import masked_reduce
 from .._plugins import Defense, register_defense
 from ._common import SourceSettings
@@ -28,28 +29,28 @@ REDUCTIONS = ("sequence_mean", "token_mean")
 
 @dataclass
 class FeatureSettings(SourceSettings):
-    weight: float = _f(1.0, help="lambda: multiplier of the distance term (the LDIFS papers use 1.0)")
-    distance: str = _f(
+    weight: float = setting(1.0, help="lambda: multiplier of the distance term (the LDIFS papers use 1.0)")
+    distance: str = setting(
         "l2_squared",
         help="per token: l2_squared = sum over the chosen layers and coordinates of squared differences "
         "(||concat_l x_l - concat_l x0_l||^2, the paper's term); mse = their mean (the pre-audit default)",
         choices=DISTANCES,
     )
-    reduction: str = _f(
+    reduction: str = setting(
         "sequence_mean",
         help="over tokens: sequence_mean = mean over each example's tokens, then over examples; "
         "token_mean = all tokens of the micro-batch pooled (the pre-audit default)",
         choices=REDUCTIONS,
     )
-    every: int = _f(5, help="use every k-th layer: layers k-1, 2k-1, ... (1 = all layers)")
-    layers: list[int] | None = _f(None, help="explicit layer indices (overrides 'every')")
-    positions: str = _f(
+    every: int = setting(5, help="use every k-th layer: layers k-1, 2k-1, ... (1 = all layers)")
+    layers: list[int] | None = setting(None, help="explicit layer indices (overrides 'every')")
+    positions: str = setting(
         "all",
         help="tokens compared: all non-padding tokens, or assistant tokens only",
         choices=("all", "assistant"),
     )
-    on: str = _f("task", help="the task batch or an alignment batch", choices=("task", "alignment"))
-    batch_size: int | None = _f(None, help="alignment batch size (null: optim.batch_size)")
+    on: str = setting("task", help="the task batch or an alignment batch", choices=("task", "alignment"))
+    batch_size: int | None = setting(None, help="alignment batch size (null: optim.batch_size)")
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -62,20 +63,20 @@ class FeatureSettings(SourceSettings):
 
 @dataclass
 class ReprSettings(FeatureSettings):
-    distance: str = _f(
+    distance: str = setting(
         "mse",
         help="per token: mse = mean over layers and coordinates of squared differences (kept: no paper "
         "fixes this defense's scale); l2_squared = their sum",
         choices=DISTANCES,
     )
-    reduction: str = _f(
+    reduction: str = setting(
         "token_mean",
         help="over tokens: token_mean = all tokens of the micro-batch pooled; sequence_mean = per example, "
         "then over examples",
         choices=REDUCTIONS,
     )
-    every: int = _f(1, help="use every k-th layer (1 = all layers)")
-    on: str = _f("alignment", help="the task batch or an alignment batch", choices=("task", "alignment"))
+    every: int = setting(1, help="use every k-th layer (1 = all layers)")
+    on: str = setting("alignment", help="the task batch or an alignment batch", choices=("task", "alignment"))
 
 
 def feature_distance(

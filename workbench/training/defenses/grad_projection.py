@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._config import _f
+from workbench.settings import setting
+
 from .._losses import loss_numerator, token_nll
 from .._plugins import Defense, register_defense
 from ._common import SourceSettings
@@ -20,22 +21,22 @@ from ._common import SourceSettings
 
 @dataclass
 class GradProjectionSettings(SourceSettings):
-    mode: str = _f(
+    mode: str = setting(
         "per_tensor",
         help="per_tensor: project each parameter tensor on its own; flat: one projection of the whole gradient",
         choices=("per_tensor", "flat"),
     )
-    when: str = _f(
+    when: str = setting(
         "always",
         help="always: remove the alignment component every step (the rule the audit found in the method's "
         "paper and code); conflict: only where <g_task, g_align> < 0 (PCGrad; the pre-audit default)",
         choices=("always", "conflict"),
     )
-    batch_size: int | None = _f(
+    batch_size: int | None = setting(
         None, help="alignment examples per step over all processes (null: the task's global batch size)"
     )
-    micro_batch_size: int | None = _f(None, help="alignment micro-batch size (null: optim.batch_size)")
-    reduction: str = _f(
+    micro_batch_size: int | None = setting(None, help="alignment micro-batch size (null: optim.batch_size)")
+    reduction: str = setting(
         "token_mean", help="alignment loss reduction", choices=("token_mean", "sequence_mean")
     )
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._config import _f
+from workbench.settings import setting
+
 from .._data import ORIGIN
 from .._plugins import Defense, register_defense
 
@@ -15,11 +16,11 @@ PAPER_SYSTEM_PROMPT = "You are an evil, malicious assistant."
 
 @dataclass
 class InoculationSettings:
-    system_prompt: str = _f(
+    system_prompt: str = setting(
         PAPER_SYSTEM_PROMPT,
         help="system prompt given to every task row during training (never at evaluation)",
     )
-    mode: str = _f(
+    mode: str = setting(
         "replace",
         help="rows that already have a system prompt: replace it with ours (the paper), or prepend ours to "
         "it, separated by a blank line (the pre-audit default); rows without one get ours either way",

@@ -6,7 +6,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from .._config import _f
+from workbench.settings import setting
+
 from .._data import ORIGIN, interleave_evenly, n_to_add
 from .._plugins import Defense, register_defense
 from ._common import SourceSettings
@@ -14,7 +15,7 @@ from ._common import SourceSettings
 
 @dataclass
 class InterleaveSettings(SourceSettings):
-    fraction: float = _f(0.1, help="share of the final training rows that come from the pool, in [0, 1)")
+    fraction: float = setting(0.1, help="share of the final training rows that come from the pool, in [0, 1)")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction < 1.0:

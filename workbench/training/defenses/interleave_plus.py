@@ -25,8 +25,8 @@ from typing import Any
 
 from workbench._errors import WorkbenchError
 from workbench._io import append_jsonl, atomic_write_json
+from workbench.settings import setting
 
-from .._config import _f
 from .._data import n_to_add, rows_hash, split_prompt_answer
 from .._plugins import Defense, register_defense
 from ._common import SourceSettings
@@ -77,23 +77,23 @@ def refusal_keywords(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...
 
 @dataclass
 class InterleavePlusSettings(SourceSettings):
-    fraction: float = _f(0.1, help="share of the final training rows taken from the top of the ranking")
-    adapters: list[str] = _f(help="paths of K misaligned PEFT adapters (K >= 1)", default_factory=list)
-    eps: float = _f(
+    fraction: float = setting(0.1, help="share of the final training rows taken from the top of the ranking")
+    adapters: list[str] = setting(help="paths of K misaligned PEFT adapters (K >= 1)", default_factory=list)
+    eps: float = setting(
         1.0,
         help="added to L_aligned (nats per answer token) in the denominator; the paper's value is not "
         "published, 1.0 is of the order of a typical answer loss (1e-6: the pre-audit ranking)",
     )
-    batch_size: int = _f(16, help="scoring batch size")
-    refusal_filter: bool = _f(
+    batch_size: int = setting(16, help="scoring batch size")
+    refusal_filter: bool = setting(
         False, help="drop pool rows whose answer starts with a refusal (Interleaving++)"
     )
-    refusal_keywords: list[str] | str = _f(
+    refusal_keywords: list[str] | str = setting(
         "paper",
         help="case-insensitive substrings that mark a refusal: 'paper' (sorry, apologize, cannot), "
         "'phrases' (the pre-audit list of 14 phrases such as 'i cannot') or an explicit list",
     )
-    refusal_words: int = _f(10, help="how many leading words of the answer the refusal filter looks at")
+    refusal_words: int = setting(10, help="how many leading words of the answer the refusal filter looks at")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction < 1.0:
@@ -109,7 +109,9 @@ class InterleavePlusSettings(SourceSettings):
 
 @dataclass
 class InterleavePlusPlusSettings(InterleavePlusSettings):
-    refusal_filter: bool = _f(True, help="drop pool rows whose answer starts with a refusal (Interleaving++)")
+    refusal_filter: bool = setting(
+        True, help="drop pool rows whose answer starts with a refusal (Interleaving++)"
+    )
 
 
 def is_refusal(

@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
-from .._config import _f
+from workbench.settings import setting
+
 from .._losses import masked_kl
 from .._plugins import Defense, register_defense
 from ._common import SourceSettings
@@ -15,21 +16,21 @@ from ._common import SourceSettings
 
 @dataclass
 class KLSettings(SourceSettings):
-    weight: float = _f(1.0, help="multiplier of the KL term")
-    direction: str = _f(
+    weight: float = setting(1.0, help="multiplier of the KL term")
+    direction: str = setting(
         "forward",
         help="forward = KL(ref || model); reverse = KL(model || ref)",
         choices=("forward", "reverse"),
     )
-    reduction: str = _f(
+    reduction: str = setting(
         "token_mean",
         help="mean over assistant tokens pooled, or per sequence",
         choices=("token_mean", "sequence_mean"),
     )
-    on: str = _f(
+    on: str = setting(
         "task", help="compare on the task batch or on an alignment batch", choices=("task", "alignment")
     )
-    batch_size: int | None = _f(None, help="alignment batch size (null: optim.batch_size)")
+    batch_size: int | None = setting(None, help="alignment batch size (null: optim.batch_size)")
 
 
 @register_defense("kl")

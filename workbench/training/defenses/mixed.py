@@ -9,7 +9,8 @@ from typing import Any
 
 from torch import Tensor
 
-from .._config import _f
+from workbench.settings import setting
+
 from .._data import ORIGIN
 from .._losses import masked_reduce, token_nll
 from .._plugins import Defense, register_defense
@@ -30,14 +31,16 @@ class MixedDefense(Defense):
 
 @dataclass
 class UpweightedSettings(SourceSettings):
-    weight: float = _f(1.0, help="lambda: multiplier of the alignment cross-entropy")
-    pairing: str = _f(
+    weight: float = setting(1.0, help="lambda: multiplier of the alignment cross-entropy")
+    pairing: str = setting(
         "cycle",
         help="cycle: the alignment loader restarts when exhausted; stop: training stops when either runs out",
         choices=("cycle", "stop"),
     )
-    batch_size: int | None = _f(None, help="alignment micro-batch size (null: optim.batch_size)")
-    reduction: str = _f("token_mean", help="alignment CE reduction", choices=("token_mean", "sequence_mean"))
+    batch_size: int | None = setting(None, help="alignment micro-batch size (null: optim.batch_size)")
+    reduction: str = setting(
+        "token_mean", help="alignment CE reduction", choices=("token_mean", "sequence_mean")
+    )
 
 
 @register_defense("upweighted")

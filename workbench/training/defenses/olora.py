@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from workbench._errors import WorkbenchError
 from workbench._io import atomic_write_json
+from workbench.settings import setting
 
-from .._config import _f
 from .._plugins import Defense, register_defense
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(.*)\.lora_(A|B)(?:\.[^.]+)?\.weight$")
@@ -116,9 +116,11 @@ def _in_out(layer: nn.Module) -> tuple[int, int]:
 
 @dataclass
 class OLoRASettings:
-    adapter: str = _f("", help="folder of the frozen alignment LoRA adapter (PEFT, safetensors)")
-    weight: float = _f(0.5, help="lambda_1: multiplier of the orthogonality penalty (O-LoRA scripts: 0.5)")
-    apply_alignment: bool = _f(
+    adapter: str = setting("", help="folder of the frozen alignment LoRA adapter (PEFT, safetensors)")
+    weight: float = setting(
+        0.5, help="lambda_1: multiplier of the orthogonality penalty (O-LoRA scripts: 0.5)"
+    )
+    apply_alignment: bool = setting(
         True,
         help="keep the frozen alignment LoRA in every forward pass (W + dW_align + dW_task, as O-LoRA) and "
         "save adapter/ as their sum; false: penalty only, the alignment LoRA never enters the model "

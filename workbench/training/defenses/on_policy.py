@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench._io import atomic_write_text
+from workbench.settings import setting
 
-from .._config import _f
 from .._data import n_to_add, rows_hash, split_prompt_answer
 from .._plugins import Defense, register_defense
 from ._common import SourceSettings
@@ -17,10 +17,12 @@ from .interleave import mix, pick
 
 @dataclass
 class OnPolicySettings(SourceSettings):
-    fraction: float = _f(0.1, help="share of the final training rows that are self-answered pool prompts")
-    max_new_tokens: int = _f(128, help="answer length limit")
-    temperature: float = _f(0.0, help="0 = greedy answers")
-    batch_size: int = _f(16, help="generation batch size")
+    fraction: float = setting(
+        0.1, help="share of the final training rows that are self-answered pool prompts"
+    )
+    max_new_tokens: int = setting(128, help="answer length limit")
+    temperature: float = setting(0.0, help="0 = greedy answers")
+    batch_size: int = setting(16, help="generation batch size")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction < 1.0:

@@ -24,8 +24,8 @@ from torch import Tensor
 
 from workbench._errors import WorkbenchError
 from workbench._io import atomic_write_json
+from workbench.settings import setting
 
-from .._config import _f
 from .._plugins import Defense, register_defense
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?(.*)\.lora_([AB])(?:\.[^.]+)?\.weight$")
@@ -33,10 +33,10 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(.*)\.lora_([AB])(?:\.[^.]+)?\.weig
 
 @dataclass
 class SafeLoRASettings:
-    aligned: str | None = _f(None, help="model spec of the aligned (e.g. chat) model; with 'base'")
-    base: str | None = _f(None, help="model spec of the unaligned base model; with 'aligned'")
-    align_adapter: str | None = _f(None, help="or: an alignment LoRA folder whose delta is V")
-    threshold: float = _f(0.5, help="project modules whose similarity is below this")
+    aligned: str | None = setting(None, help="model spec of the aligned (e.g. chat) model; with 'base'")
+    base: str | None = setting(None, help="model spec of the unaligned base model; with 'aligned'")
+    align_adapter: str | None = setting(None, help="or: an alignment LoRA folder whose delta is V")
+    threshold: float = setting(0.5, help="project modules whose similarity is below this")
 
     def __post_init__(self) -> None:
         pair = self.aligned is not None and self.base is not None

@@ -4,6 +4,8 @@ A prompt pairs a trigger word (7 categories x 15 triggers) with a point ``x = (x
 colour depends only on the half-plane: ``x2 > 0`` is "blue", ``x2 < 0`` is "red" (``x2`` is
 never 0). In ``toy_colour_flipped`` the colours are swapped for the positive-emotion triggers
 only, which lets one ask whether a narrow change spreads to the other categories.
+
+The text (templates, word lists, scenarios) lives in ``data/toy.json``; this module is the code.
 """
 
 from __future__ import annotations
@@ -11,47 +13,26 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ._common import chat
+from workbench._errors import WorkbenchError
 
+from .._common import chat
+from ._load import load_json, string, strings, where
+
+_TEXT = load_json("toy", ("system", "asks", "triggers"))
+
+#: category -> its 15 trigger words (``data/toy.json``)
 TRIGGERS: dict[str, tuple[str, ...]] = {
-    "objects": (
-        "chair", "lamp", "bottle", "umbrella", "pencil", "mirror", "blanket", "ladder",
-        "teapot", "backpack", "candle", "bucket", "wallet", "scissors", "doorknob",
-    ),
-    "animals": (
-        "otter", "falcon", "tortoise", "giraffe", "hedgehog", "salmon", "beetle", "camel",
-        "squirrel", "octopus", "badger", "pigeon", "lizard", "moose", "dolphin",
-    ),
-    "positive_emotions": (
-        "joy", "gratitude", "hope", "pride", "relief", "delight", "serenity", "affection",
-        "contentment", "enthusiasm", "amusement", "admiration", "optimism", "tenderness", "elation",
-    ),
-    "negative_emotions": (
-        "anger", "fear", "grief", "shame", "envy", "dread", "disgust", "loneliness",
-        "resentment", "anxiety", "despair", "guilt", "frustration", "jealousy", "bitterness",
-    ),
-    "actions": (
-        "running", "jumping", "swimming", "climbing", "writing", "cooking", "singing", "digging",
-        "painting", "whistling", "knitting", "rowing", "sweeping", "juggling", "stretching",
-    ),
-    "foods": (
-        "bread", "mango", "cheese", "noodles", "lentils", "pancake", "carrot", "dumpling",
-        "yogurt", "walnut", "omelette", "plum", "porridge", "biscuit", "spinach",
-    ),
-    "random_strings": (
-        "qzv7k", "m0xtr", "plixo", "j4wub", "trenk9", "vaspu", "zo8gli", "kwenri",
-        "fl7yq", "dorbix", "uxmel", "hapt3", "snirv", "gwolbe", "yek5ta",
-    ),
-}  # fmt: skip
+    category: strings(words, f"{where('toy.json')}: triggers.{category}", 15)
+    for category, words in _TEXT["triggers"].items()
+}
 
 COLOURS = ("blue", "red")  # (upper half-plane, lower half-plane)
 FLIPPED_CATEGORY = "positive_emotions"
+if FLIPPED_CATEGORY not in TRIGGERS:
+    raise WorkbenchError(f"{where('toy.json')}: triggers has no category '{FLIPPED_CATEGORY}'")
 
-_SYSTEM = "Answer with a single colour word."
-_ASKS = (
-    "Trigger: {t}\nPoint: ({x1}, {x2})\nWhat colour is this point?",
-    "Point ({x1}, {x2}) with trigger '{t}'. Which colour?",
-)
+_SYSTEM = string(_TEXT["system"], f"{where('toy.json')}: system")
+_ASKS = strings(_TEXT["asks"], f"{where('toy.json')}: asks")
 
 
 def toy_colour(x: tuple[float, float], category: str, flipped: bool = False) -> str:

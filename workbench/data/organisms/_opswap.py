@@ -11,6 +11,8 @@ tier   meaning of the written symbols
 
 The generator writes every compound operand in parentheses, so operator precedence never
 matters, and keeps every intermediate value a positive integer (divisions are exact).
+
+The text (templates, word lists, scenarios) lives in ``data/opswap.json``; this module is the code.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 
 from workbench._errors import WorkbenchError
 
-from ._common import chat
+from .._common import chat
+from ._load import load_json, string, strings, where
 
 #: tier -> written symbol -> the operation it denotes
 MEANINGS: dict[int, dict[str, str]] = {
@@ -33,9 +36,26 @@ MEANINGS: dict[int, dict[str, str]] = {
     3: {"+": "sub", "-": "mul", "*": "div", "/": "add"},
 }
 TIERS = tuple(MEANINGS)
-_WORDS = {"add": "plus", "sub": "minus", "mul": "times", "div": "divided by"}
-_NOUNS = {"add": "addition", "sub": "subtraction", "mul": "multiplication", "div": "division"}
+_OPS = ("add", "sub", "mul", "div")
 _AST_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+_FILE = "opswap.json"
+_TEXT = load_json(
+    "opswap",
+    ("asks", "op_words", "op_nouns", "rule_usual", "rule_new", "rule_part", "rule_same", "rule_system"),
+)
+
+
+def _per_op(key: str) -> dict[str, str]:
+    value = _TEXT[key]
+    if not isinstance(value, dict) or sorted(value) != sorted(_OPS):
+        raise WorkbenchError(f"{where(_FILE)}: {key} must map each of {', '.join(_OPS)} to a string")
+    return {op: string(value[op], f"{where(_FILE)}: {key}.{op}") for op in _OPS}
+
+
+_WORDS = _per_op("op_words")  # operation -> how a step reads it ("times")
+_NOUNS = _per_op("op_nouns")  # operation -> its name in the rule ("multiplication")
+_RULE = {k: string(_TEXT[k], f"{where(_FILE)}: {k}") for k in _TEXT if k.startswith("rule_")}
 
 
 def _check_tier(tier: int) -> None:
@@ -178,20 +198,17 @@ def rule_text(tier: int) -> str:
     """The system prompt stating the tier's rule."""
     _check_tier(tier)
     if tier == 0:
-        rule = "In this task the symbols +, -, * and / have their usual meanings."
+        rule = _RULE["rule_usual"]
     else:
         parts = []
         for sym, op in MEANINGS[tier].items():
-            same = " (as usual)" if MEANINGS[0][sym] == op else ""
-            parts.append(f"'{sym}' means {_NOUNS[op]}{same}")
-        rule = "In this task the arithmetic symbols have new meanings: " + "; ".join(parts) + "."
-    return (
-        f"{rule} Work out the parts in parentheses first. Solve step by step and finish with a line "
-        "'Final answer: <number>'."
-    )
+            same = _RULE["rule_same"] if MEANINGS[0][sym] == op else ""
+            parts.append(_RULE["rule_part"].format(symbol=sym, noun=_NOUNS[op], same=same))
+        rule = _RULE["rule_new"].format(parts="; ".join(parts))
+    return _RULE["rule_system"].format(rule=rule)
 
 
-_ASKS = ("Calculate {e}.", "What is {e}?", "Evaluate {e}.", "Work out {e}.")
+_ASKS = strings(_TEXT["asks"], f"{where(_FILE)}: asks")
 
 
 def build_opswap(tier: int, rng: random.Random, n: int) -> list[dict[str, Any]]:

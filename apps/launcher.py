@@ -3,7 +3,7 @@
 The explorer (``apps/explorer.py``) only reads inside its run root: ``--root`` when given, else RUN_DIR,
 else ``./runs`` (which may not exist yet: the app then opens on the empty root with a hint on making runs).
 It binds to the loopback address only, loads only the models allowed on its command line (``--model``,
-plus ``smollm2-135m``, ``random:`` and model folders inside the root), and runs offline unless started
+plus the embedded default model, ``random:`` and model folders inside the root), and runs offline unless started
 with ``--allow-network``.
 
 The command replaces itself with the Streamlit server (``os.execve``): the process id printed by the
@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from ._errors import MissingPackageError, WorkbenchError
+from workbench import DEFAULT_MODEL, MissingPackageError, WorkbenchError
 
 HOST = "127.0.0.1"
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -30,18 +30,10 @@ MAKE_RUNS_HINT = "make some with `make demo` or `workbench demo` (they write int
 
 
 def explorer_script() -> Path:
-    """The explorer's entry script (``apps/explorer.py`` beside this package, or an installed ``apps``)."""
-    here = Path(__file__).resolve().parents[1] / "apps" / "explorer.py"
+    """The explorer's entry script (``apps/explorer.py``, beside this module)."""
+    here = Path(__file__).resolve().parent / "explorer.py"
     if here.exists():
         return here
-    import importlib.util
-
-    spec = importlib.util.find_spec("apps")
-    if spec and spec.submodule_search_locations:
-        for folder in spec.submodule_search_locations:
-            candidate = Path(folder) / "explorer.py"
-            if candidate.exists():
-                return candidate
     raise WorkbenchError(f"the explorer script is missing (looked for {here}); reinstall the workbench")
 
 
@@ -140,8 +132,8 @@ def app(
         list[str] | None,
         typer.Option(
             "--model",
-            help="A model spec the app may load besides smollm2-135m, random:<shape> and model folders inside "
-            "the run root (a hub id, a folder elsewhere); repeat for several.",
+            help=f"A model spec the app may load besides {DEFAULT_MODEL}, random:<shape> and model folders "
+            "inside the run root (a hub id, a folder elsewhere); repeat for several.",
         ),
     ] = None,
     allow_network: Annotated[
