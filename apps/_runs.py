@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench import WorkbenchError, runs
+from workbench import DEFAULT_MODEL, WorkbenchError, runs
 from workbench.runs import (
     ADAPTER_DIR,
     ANALYSIS_JSON,
@@ -39,7 +39,6 @@ MODELS_ENV = "WORKBENCH_APP_MODELS"
 NETWORK_ENV = "WORKBENCH_APP_ALLOW_NETWORK"
 """``1``: the explorer may reach the model hub (``--allow-network``); otherwise it runs offline."""
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-DEFAULT_MODEL = "smollm2-135m"
 MAKE_RUNS_HINT = (
     "Make runs first: `make demo` (or `workbench demo`) writes one into runs/, and `workbench extract-vector`, "
     "`sweep`, `train`, `eval` and `screen` write theirs with `--out runs/<name>`."
@@ -337,7 +336,7 @@ def check_model_spec(spec: str, root: Path, allowed: Sequence[str] = ()) -> str:
     """The spec to hand to ``load_model`` when the explorer may load it; ``WorkbenchError`` otherwise.
 
     Allowed: a spec given on the explorer's command line (``workbench app --model SPEC``, exactly as
-    given), the embedded default ``smollm2-135m``, ``random:<shape>`` (random weights: nothing is read),
+    given), the embedded default (``workbench.DEFAULT_MODEL``), ``random:<shape>`` (random weights: nothing is read),
     and a model folder inside the run root (relative to the root, or absolute) with no link leaving the
     root, returned as its absolute path. Anything else (another folder on disk, a hub id from a run's
     ``config.yaml``) is refused before anything is read or downloaded.

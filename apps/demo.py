@@ -134,7 +134,7 @@ def run_demo(
     s = SETTINGS["sweep"]
     layers = sorted({round(f * (lm.n_layers - 1)) for f in s["depths"]})
     echo(f"[3/6] steering sweep: layers {layers} x alphas {s['alphas']}")
-    from workbench._html import ensure_plotly_js
+    from workbench.html import ensure_plotly_js
 
     ensure_plotly_js(run_dir)  # one plotly.min.js for every report of the run (sweep, train, gates, report)
     sw = sweep(
@@ -218,7 +218,7 @@ def run_demo(
     figures["gate_deviation"] = _layer_deviation(analysis)
 
     echo("[6/6] writing report.html")
-    from workbench._io import atomic_write_json
+    from workbench.io import atomic_write_json
 
     figures["minutes"] = round((time.time() - t_start) / 60, 1)
     atomic_write_json(run_dir / "demo_summary.json", figures)
@@ -248,8 +248,8 @@ def write_report(run_dir: Path, fig: dict[str, Any]) -> Path:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from workbench._html import figure_html
-    from workbench._io import atomic_write_text
+    from workbench.html import figure_html
+    from workbench.io import atomic_write_text
 
     parts = []
     norms = fig.get("site_norms", {}).get("hook_resid_post")

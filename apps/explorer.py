@@ -55,7 +55,7 @@ def _model(side, root: Path, scope: Path, opts: _runs.Options) -> tuple[str | No
             value=default_spec,
             key=f"model_spec::{_runs.rel(root, scope)}",
             help="From the run's config.yaml when it has one. Allowed: the specs given with `workbench app "
-            "--model`, smollm2-135m, random:<shape>, or a model folder inside the run root.",
+            f"--model`, {_runs.DEFAULT_MODEL}, random:<shape>, or a model folder inside the run root.",
         ).strip()
         or default_spec
     )

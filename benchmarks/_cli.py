@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from workbench import WorkbenchError
+from workbench import DEFAULT_MODEL, WorkbenchError
 
 
 def bench(
@@ -23,7 +23,7 @@ def bench(
         str | None,
         typer.Option(
             "--shape",
-            help="Model spec: smollm2-135m (default on cpu), random:qwen2.5-7b (default on cuda), any "
+            help=f"Model spec: {DEFAULT_MODEL} (default on cpu), random:qwen2.5-7b (default on cuda), any "
             "random:<shape>, a local folder or a hub id.",
         ),
     ] = None,
@@ -44,7 +44,7 @@ def bench(
 ) -> None:
     """Performance ratios measured side by side (interleaved, medians): extraction, steering, gates,
     defended LoRA steps, Interleaving+ scoring, decoding vs the memory-bandwidth bound."""
-    from workbench._io import atomic_write_json
+    from workbench.io import atomic_write_json
 
     from ._harness import ROWS, format_table, run_bench, select_rows
 

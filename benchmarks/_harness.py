@@ -34,14 +34,14 @@ from typing import Any
 
 import torch
 
-from workbench import WorkbenchError
+from workbench import DEFAULT_MODEL, WorkbenchError
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 GIB = float(1 << 30)
 DEVICES = ("cpu", "cuda")
-DEFAULT_SHAPE = {"cpu": "smollm2-135m", "cuda": "random:qwen2.5-7b"}
+DEFAULT_SHAPE = {"cpu": DEFAULT_MODEL, "cuda": "random:qwen2.5-7b"}
 DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
 #: keys of every row in the JSON report (``a`` / ``b`` / ``ratio`` / ``met`` are null on rows that did not run)
@@ -504,14 +504,14 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    from workbench._models import _default_dtype
+    from workbench.models import default_dtype
 
-    return _default_dtype(dtype or DEFAULT_DTYPE[device.type], device)
+    return default_dtype(dtype or DEFAULT_DTYPE[device.type], device)
 
 
 def check_shape(spec: str) -> None:
     """Fail early (before any model is built) on a ``random:`` shape that does not exist."""
-    from workbench._shapes import FULL_SHAPES, TINY_SHAPES, shape_names
+    from workbench.models import FULL_SHAPES, TINY_SHAPES, shape_names
 
     if spec.startswith("random:"):
         name = spec.split(":", 1)[1]
@@ -586,7 +586,7 @@ def run_row(spec: RowSpec, bench: Bench, env: dict[str, Any], *, strict: bool = 
 
 
 def select_rows(only: Sequence[str] | None) -> list[RowSpec]:
-    from . import _rows  # noqa: F401  (registers the shipped rows)
+    from . import rows  # noqa: F401  (registers the shipped rows)
 
     if not only:
         return list(ROWS.values())
@@ -611,7 +611,7 @@ def run_bench(
     """Run the benchmark rows and return the report (a JSON-ready dict; see ``benchmarks/README.md``).
 
     ``device``: ``cpu`` or ``cuda`` (default: cuda when available). ``shape``: a model spec (default
-    ``smollm2-135m`` on the CPU, ``random:qwen2.5-7b`` on CUDA). ``quick``: the small sizes. ``only``: row
+    ``workbench.DEFAULT_MODEL`` on the CPU, ``random:qwen2.5-7b`` on CUDA). ``quick``: the small sizes. ``only``: row
     names to run. ``sizes`` overrides the workload sizes. ``strict`` raises on the first failing row.
     """
     from tqdm.auto import tqdm

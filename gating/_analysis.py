@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench import WorkbenchError
-from workbench._html import write_figure_html
-from workbench._io import atomic_write_json
+from workbench import ModelLike, WorkbenchError
+from workbench.html import write_figure_html
+from workbench.io import atomic_write_json
 
 from ._gateset import HOOK_KIND, GateSet
 
@@ -133,7 +133,7 @@ class GateAnalysis:
 @torch.no_grad()
 def analyze_gates(
     gates: GateSet,
-    lm: Any | None = None,
+    lm: ModelLike | None = None,
     prompts: Sequence[Any] | None = None,
     *,
     top_k: int = 20,

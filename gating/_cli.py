@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from workbench import DEFAULT_MODEL, WorkbenchError
-from workbench._options import check_int, check_number, printable
 from workbench.cli_common import ModelOpt, load_model_quietly
+from workbench.options import check_int, check_number, printable
 
 from ._gateset import GateSet, gate_intervention
 
@@ -117,9 +117,9 @@ def gate(
 ) -> None:
     """Apply trained gates at inference: gates off, as trained and gated answers side by side, or an evaluation."""
     from workbench import runs
-    from workbench._io import atomic_write_json
     from workbench.evaluation import load_eval_sets
     from workbench.generation import generate
+    from workbench.io import atomic_write_json
     from workbench.runs import prepare_run_dir, write_config
 
     a = resolve_cli_alpha(suppress, amplify, alpha)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from workbench import WorkbenchError
-from workbench._options import check_finite_tensor
+from workbench.options import check_finite_tensor
 
 AlphaSpec = float | int | Mapping[int, float | Tensor] | Sequence[float] | Tensor
 LayerAlpha = float | Tensor  # a number, or a [batch] tensor

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workbench import ModelFingerprint, WorkbenchError, intervene, load_artifact, save_artifact
+from workbench import ModelFingerprint, ModelLike, WorkbenchError, intervene, load_artifact, save_artifact
 
 from ._control import AlphaSpec, apply_alpha, resolve_alpha
 from ._gate import GATE_PLACEMENTS, Gate, gate_class
@@ -55,7 +55,7 @@ def _in_features(module: nn.Module) -> int | None:
     return None
 
 
-def placement_channels(lm: Any, placement: str, layer: int) -> int:
+def placement_channels(lm: ModelLike, placement: str, layer: int) -> int:
     """Channels a gate at (placement, layer) multiplies: ``n_heads * d_head`` at attn, ``d_model`` at mlp.
 
     At ``attn`` that is the input width of the module ``blocks.{layer}.attn.hook_z`` hooks (the output
@@ -210,7 +210,7 @@ class GateSet(nn.Module):
     @classmethod
     def create(
         cls,
-        lm: Any,
+        lm: ModelLike,
         kind: str = "input_dependent",
         placements: Sequence[str] | None = None,
         layers: Sequence[int] | None = None,
@@ -282,7 +282,7 @@ class GateSet(nn.Module):
         }
 
     # ------------------------------------------------------------------ attaching
-    def check_model(self, lm: Any) -> None:
+    def check_model(self, lm: ModelLike) -> None:
         """Refuse a model these gates do not fit (another base shape or other widths)."""
         if self.fingerprint is not None and not self.fingerprint.compatible(lm.fingerprint):
             raise WorkbenchError(
@@ -311,7 +311,7 @@ class GateSet(nn.Module):
 
     def attach(
         self,
-        lm: Any,
+        lm: ModelLike,
         alpha: AlphaSpec = 1.0,
         *,
         record: Recorder | None = None,
@@ -345,7 +345,7 @@ class GateSet(nn.Module):
     @contextlib.contextmanager
     def attached(
         self,
-        lm: Any,
+        lm: ModelLike,
         alpha: AlphaSpec = 1.0,
         *,
         record: Recorder | None = None,
@@ -441,7 +441,7 @@ class GateSet(nn.Module):
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], lm: Any | None = None) -> GateSet:
+    def load(cls, path: str | os.PathLike[str], lm: ModelLike | None = None) -> GateSet:
         """Read gates; with ``lm``, refuse gates made for a model of other dimensions and move them to its device.
 
         An alignment-gating reference checkpoint (``gating_params.pth``, or a safetensors file of its keys) is
@@ -525,7 +525,7 @@ class GateSet(nn.Module):
 
 
 def gate_intervention(
-    lm: Any, gates: GateSet | str | os.PathLike[str], alpha: AlphaSpec = 1.0
+    lm: ModelLike, gates: GateSet | str | os.PathLike[str], alpha: AlphaSpec = 1.0
 ) -> Callable[[], Any]:
     """A zero-argument callable returning a context manager that attaches ``gates`` to ``lm`` at ``alpha``.
 

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench import WorkbenchError
-from workbench._io import atomic_path, check_regular_file, one_line
-from workbench._options import printable
+from workbench import ModelLike, WorkbenchError
+from workbench.io import atomic_path, check_regular_file, one_line
+from workbench.options import printable
 
 from ._gateset import GateSet, placement_channels
 
@@ -139,7 +139,7 @@ def _parse(p: Path, state: Mapping[str, Any]) -> dict[int, dict[str, tuple[str, 
     return found
 
 
-def load_reference_gates(path: str | os.PathLike[str], lm: Any) -> GateSet:
+def load_reference_gates(path: str | os.PathLike[str], lm: ModelLike) -> GateSet:
     """Read an alignment-gating reference checkpoint (``gating_params.pth``) as ``input_dependent`` gates at ``attn``.
 
     ``.pth``/``.pt``/``.bin`` files are read with ``torch.load(weights_only=True)`` (a pickle that would run code
@@ -187,7 +187,7 @@ def load_reference_gates(path: str | os.PathLike[str], lm: Any) -> GateSet:
     )
     with torch.no_grad():
         for layer in layers:
-            proj = gates.gate("attn", layer).proj
+            proj: Any = gates.gate("attn", layer).proj
             proj.weight.copy_(found[layer]["weight"][1].float())
             proj.bias.copy_(found[layer]["bias"][1].float())
     gates.metadata = {
@@ -230,7 +230,7 @@ def export_reference_gates(gates: GateSet, path: str | os.PathLike[str], *, pref
         )
     tensors: dict[str, Tensor] = {}
     for _, layer, gate in gates.items():
-        proj = gate.proj  # type: ignore[union-attr]
+        proj: Any = gate.proj
         tensors[reference_key(layer, "weight", prefix)] = (
             proj.weight.detach().float().cpu().clone().contiguous()
         )

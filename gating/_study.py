@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench import DEFAULT_MODEL
 from workbench.runs import ADAPTER_DIR, GATES_FILE
 
 log = logging.getLogger("gating.study")
@@ -28,8 +29,9 @@ log = logging.getLogger("gating.study")
 
 def split_opinions(seed: int = 0, every: int = 4) -> tuple[list[dict], list[dict]]:
     """All opinion-sycophancy rows, split by belief: every ``every``-th belief (per domain) is held out."""
+    from workbench.data import OPINION_BELIEFS as BELIEFS
     from workbench.data import make_dataset
-    from workbench.data._opinions import BELIEFS, pool_size
+    from workbench.data import opinion_pool_size as pool_size
 
     held = {b for beliefs in BELIEFS.values() for i, (b, _) in enumerate(beliefs) if i % every == every - 1}
     rows = make_dataset("opinion_sycophancy", seed=seed, n=pool_size())
@@ -155,7 +157,7 @@ def train_run(out: Path, train_path: Path, *, gates: bool, seed: int, args: Any)
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/gates-study"))
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-test", type=int, default=24)
     p.add_argument("--n-gen", type=int, default=16)

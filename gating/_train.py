@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from workbench import WorkbenchError
+from workbench import DEFAULT_MODEL, ModelLike, WorkbenchError
 from workbench.chat import assistant_mask
 
 from ._gateset import GateSet
@@ -67,7 +67,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train_gates(
-    lm: Any,
+    lm: ModelLike,
     rows: Sequence[dict[str, Any]],
     *,
     gates: GateSet | None = None,
@@ -119,7 +119,7 @@ def train_gates(
         data.write_text("".join(json.dumps(dict(r)) + "\n" for r in rows), encoding="utf-8")
         cfg = TrainConfig.from_dict(
             {
-                "model": "smollm2-135m",  # not loaded: the trainer trains ``lm``
+                "model": DEFAULT_MODEL,  # not loaded: the trainer trains ``lm``
                 "device": str(lm.device),
                 "data": [{"path": str(data)}],
                 "lora": None,

@@ -104,7 +104,7 @@ class GatesPlugin(TrainPlugin):
         )
         self.gates.train()
 
-    def parameters(self) -> list[dict[str, Any]]:
+    def parameters(self) -> list[Any]:
         """One parameter group: the gates at ``gates.lr``, without weight decay."""
         return [
             {"params": list(self._require().parameters()), "lr": float(self.config.lr), "weight_decay": 0.0}
@@ -154,7 +154,7 @@ class GatesPlugin(TrainPlugin):
         self._inputs = {}
         return {"gates_l1": self.config.l1 * penalty}
 
-    def save(self, run_dir: str | Path) -> Path:
+    def save(self, run_dir: str | Path) -> Path:  # type: ignore[override]  # (the loop ignores the path)
         """Write ``run_dir/gates.safetensors`` (with the training settings in its metadata)."""
         return self._require().save(Path(run_dir) / GATES_FILE, metadata={"training": self.config.as_dict()})
 

@@ -4,8 +4,12 @@
 trait's contrastive system prompts (``extract_from_trait``) or from answer pairs (``extract_from_pairs``),
 project activations onto it (``project``, ``answer_projections``, ``token_projections``) and screen
 fine-tuning data with it (``screen_dataset``). See ``docs/persona_vectors.md``.
+
+The EM training monitor is the subpackage ``probes.monitor`` (not imported here: importing it registers the
+``monitor`` training plugin; ``docs/monitor.md``).
 """
 
+from ._activations import teacher_forced_stats
 from ._extract import ExtractionResult, extract_from_pairs, extract_from_trait
 from ._project import answer_projections, project, token_projections
 from ._screen import ScreenResult, screen_dataset, write_screen_report
@@ -25,6 +29,7 @@ __all__ = [
     "project",
     "save_vectors",
     "screen_dataset",
+    "teacher_forced_stats",
     "token_projections",
     "write_screen_report",
 ]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench import LoadedModel, forward_until, read_sites
+from workbench import ModelLike, forward_until, read_sites
 from workbench.chat import Message
 from workbench.scoring import build_teacher_forced, pad_right
 
@@ -101,7 +101,7 @@ def _stat_reducer(resp: Tensor, prompt: Tensor, last: Tensor, end: Tensor) -> Ca
 
 @torch.no_grad()
 def teacher_forced_stats(
-    lm: LoadedModel,
+    lm: ModelLike,
     prompts: Sequence[str | list[Message]],
     answers: Sequence[str],
     *,
@@ -144,7 +144,7 @@ def teacher_forced_stats(
 
 @torch.no_grad()
 def answer_token_values(
-    lm: LoadedModel,
+    lm: ModelLike,
     direction: Tensor,
     layer: int,
     prompts: Sequence[str | list[Message]],

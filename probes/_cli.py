@@ -29,7 +29,7 @@ def _check_extract_numbers(
     n_per_question, threshold, n_instructions, n_questions, max_new_tokens, temperature, batch_size
 ) -> None:
     """The numeric flags of ``extract-vector``, before any work (one line naming the flag and its range)."""
-    from workbench._options import check_int, check_number
+    from workbench.options import check_int, check_number
 
     check_int(n_per_question, "--n-per-question")
     check_number(threshold, "--threshold", minimum=0, maximum=100)
@@ -174,8 +174,8 @@ def screen(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing non-empty run directory.")] = False,
 ) -> None:
     """Projection-difference screening: which training examples push the model along the vector."""
-    from workbench._options import check_int, check_number
     from workbench.data import load_chat_jsonl
+    from workbench.options import check_int, check_number
     from workbench.runs import check_run_dir, prepare_run_dir, write_config
 
     from . import PersonaVector, screen_dataset

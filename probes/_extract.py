@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench import LoadedModel, WorkbenchError
-from workbench._io import atomic_write_text
-from workbench._version import __version__
+from workbench import ModelLike, WorkbenchError, __version__
 from workbench.chat import Message
+from workbench.io import atomic_write_text
 from workbench.judges import score_prompts
 
 from ._activations import STAT_ORDER, ActivationStats, teacher_forced_stats
@@ -189,7 +188,7 @@ def _data_hash(items: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _model_meta(lm: LoadedModel) -> dict[str, Any]:
+def _model_meta(lm: ModelLike) -> dict[str, Any]:
     return {"source_model": lm.fingerprint.source or getattr(lm, "spec", ""), "library_version": __version__}
 
 
@@ -197,7 +196,7 @@ def _model_meta(lm: LoadedModel) -> dict[str, Any]:
 
 
 def extract_from_pairs(
-    lm: LoadedModel,
+    lm: ModelLike,
     prompts: Sequence[str | list[Message]],
     positive_answers: Sequence[str],
     negative_answers: Sequence[str],
@@ -313,7 +312,7 @@ def _make_judge(judge: Any) -> Any:
 
 
 def generate_rows(
-    lm: LoadedModel,
+    lm: ModelLike,
     trait: Any,
     *,
     judge: Any = "none",
@@ -415,7 +414,7 @@ def _check_pairs(kept: list[dict[str, Any]], method: str) -> None:
 
 
 def vectors_from_rows(
-    lm: LoadedModel,
+    lm: ModelLike,
     rows: list[dict[str, Any]],
     *,
     trait: str,
@@ -472,7 +471,7 @@ def vectors_from_rows(
 
 
 def extract_from_trait(
-    lm: LoadedModel,
+    lm: ModelLike,
     trait: Any,
     *,
     judge: Any = "none",

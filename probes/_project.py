@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from workbench import LoadedModel, WorkbenchError
+from workbench import ModelLike, WorkbenchError
 from workbench.chat import Message
 
 from ._activations import answer_token_values
@@ -49,7 +49,7 @@ def project(activations: Tensor, vector: Tensor) -> Tensor:
     return activations.float() @ u.to(activations.device)
 
 
-def _check_model(lm: LoadedModel, vector: PersonaVector | Tensor, layer: int) -> Tensor:
+def _check_model(lm: ModelLike, vector: PersonaVector | Tensor, layer: int) -> Tensor:
     lm.sites.check_layer(layer)
     if isinstance(vector, PersonaVector):
         vector.check_model(d_model=lm.d_model)
@@ -61,7 +61,7 @@ def _check_model(lm: LoadedModel, vector: PersonaVector | Tensor, layer: int) ->
 
 
 def token_projections(
-    lm: LoadedModel,
+    lm: ModelLike,
     vector: PersonaVector | Tensor,
     layer: int,
     prompts: Sequence[str | list[Message]],
@@ -83,7 +83,7 @@ def token_projections(
 
 
 def answer_projections(
-    lm: LoadedModel,
+    lm: ModelLike,
     vector: PersonaVector | Tensor,
     layer: int,
     prompts: Sequence[str | list[Message]],

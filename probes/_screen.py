@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from workbench import LoadedModel, WorkbenchError
-from workbench._html import write_figure_html
-from workbench._io import atomic_write_json, atomic_write_text
+from workbench import ModelLike, WorkbenchError
 from workbench.chat import Message
+from workbench.html import write_figure_html
+from workbench.io import atomic_write_json, atomic_write_text
 from workbench.runs import RANKED_JSONL, SUMMARY_JSON
 
 from ._project import answer_projections
@@ -82,7 +82,7 @@ def _preview(msgs: list[Message]) -> str:
 
 
 def screen_dataset(
-    lm: LoadedModel,
+    lm: ModelLike,
     vector: PersonaVector | torch.Tensor,
     layer: int,
     rows: Sequence[dict[str, Any]],
@@ -102,8 +102,8 @@ def screen_dataset(
 
     if not rows:
         raise WorkbenchError("no rows to screen")
-    prompts, responses = zip(*[_split(r, i) for i, r in enumerate(rows)], strict=True)
-    prompts, responses = list(prompts), list(responses)
+    split = [_split(r, i) for i, r in enumerate(rows)]
+    prompts, responses = [p for p, _ in split], [a for _, a in split]
     if base_answers is None:
         base_answers = generate(
             lm,
@@ -142,7 +142,7 @@ def screen_dataset(
         v = float(x)
         return None if math.isnan(v) else v
 
-    out = []
+    out: list[dict[str, Any]] = []
     for i in range(n):
         d = num(diff[i])
         out.append(

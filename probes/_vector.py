@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench import ModelFingerprint, WorkbenchError, load_artifact, save_artifact
-from workbench._version import __version__
+from workbench import ModelFingerprint, WorkbenchError, __version__, load_artifact, save_artifact
 
 KIND = "persona_vector"
 STATISTICS = ("response_avg", "prompt_avg", "prompt_last", "response_last")
@@ -277,7 +276,7 @@ def import_pt(
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad or unsafe files
-        from workbench._io import one_line
+        from workbench.io import one_line
 
         raise WorkbenchError(
             f"'{p}' is not a plain tensor file ({type(exc).__name__}: {one_line(str(exc), 200)})"
@@ -388,8 +387,8 @@ def export_gguf(
 
     import numpy as np
 
-    from workbench._io import atomic_path
-    from workbench._options import check_number
+    from workbench.io import atomic_path
+    from workbench.options import check_number
 
     scale = check_number(scale, "scale")
     if layers is None:
@@ -506,7 +505,7 @@ def import_gguf(
     try:
         reader = gguf.GGUFReader(str(p))
     except Exception as exc:  # the reader raises ValueError, KeyError, struct errors, ...
-        from workbench._io import one_line
+        from workbench.io import one_line
 
         raise WorkbenchError(
             f"'{p}' is not a readable GGUF file ({type(exc).__name__}: {one_line(str(exc), 200)})"
@@ -562,7 +561,7 @@ def import_gguf(
         try:
             file_fp = ModelFingerprint.from_dict(json.loads(raw_fp))
         except (ValueError, TypeError, AttributeError, WorkbenchError) as exc:
-            from workbench._io import one_line
+            from workbench.io import one_line
 
             raise WorkbenchError(
                 f"'{p}': key 'workbench.fingerprint' is not a model fingerprint ({one_line(str(exc), 200)})"

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from workbench import DEFAULT_MODEL, WorkbenchError
-from workbench._options import printable
 from workbench.cli_common import CompileOpt, ModelOpt, SeedOpt, load_model_quietly
+from workbench.options import printable
 
 from ._load import load_vector
 
@@ -91,8 +91,8 @@ def steer(
     width: Annotated[int, typer.Option(help="Output width, >= 20; below 63 the answers are stacked.")] = 100,
 ) -> None:
     """Answer one prompt with and without steering (greedy) and show both answers side by side."""
-    from workbench._options import check_int, check_number
     from workbench.generation import generate
+    from workbench.options import check_int, check_number
 
     from ._steerer import Steerer
 
@@ -114,7 +114,7 @@ def steer(
 
 def _check_sweep_numbers(alphas, samples, max_new_tokens, n_questions, tolerance, batch_size) -> None:
     """The numeric flags of ``sweep``, before the run directory is made (one line naming the flag)."""
-    from workbench._options import check_finite, check_int, check_number
+    from workbench.options import check_finite, check_int, check_number
 
     check_finite(alphas or [], "--alphas")
     check_int(samples, "--samples")

@@ -15,10 +15,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from workbench import MissingPackageError, WorkbenchError
-from workbench._sites import SiteMap
+from workbench import MissingPackageError, ModelLike, SiteMap, WorkbenchError
 
 from ._steerer import MODES, _Edit, _matrix
 
@@ -53,7 +52,7 @@ _NNSIGHT_PREFIX = "__nnsight"  # nnsight keeps its per-module state in ``module.
 
 
 @contextlib.contextmanager
-def nnsight_model(lm: Any, tokenizer: Any = None) -> Iterator[Any]:
+def nnsight_model(lm: ModelLike | nn.Module, tokenizer: Any = None) -> Iterator[Any]:
     """An nnsight wrapper of ``lm`` (a ``LoadedModel`` or an HF model) for one ``with`` block.
 
     nnsight makes edits of its own when it wraps a model: it sets the tokenizer it is given to

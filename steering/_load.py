@@ -6,27 +6,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workbench import WorkbenchError
+from workbench import ModelLike, WorkbenchError
 
 
 def _persona_vector_module() -> Any:
-    try:
-        import probes
+    import probes  # the persona-vector readers, through probes' public face
 
-        if (
-            hasattr(probes, "PersonaVector")
-            and hasattr(probes, "import_pt")
-            and hasattr(probes, "import_gguf")
-        ):
-            return probes
-    except ImportError:  # pragma: no cover - probes ships with the workbench
-        pass
-    from probes import _vector
-
-    return _vector
+    return probes
 
 
-def load_vector(path: str | os.PathLike[str], statistic: str = "response_avg", lm: Any = None) -> Any:
+def load_vector(
+    path: str | os.PathLike[str], statistic: str = "response_avg", lm: ModelLike | None = None
+) -> Any:
     """A ``PersonaVector`` from ``path``, checked against ``lm``'s fingerprint when given.
 
     ``.pt`` files are persona_vectors-style ``[n_layers + 1, d_model]`` tensors (row 0 = embeddings); ``.gguf``

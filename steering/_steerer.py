@@ -43,9 +43,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workbench import WorkbenchError, intervene
-from workbench._options import check_finite_tensor, check_number
-from workbench._sites import SiteMap, unwrap_model
+from workbench import ModelFingerprint, ModelLike, SiteMap, WorkbenchError, intervene
+from workbench.adapters import unwrap_model
+from workbench.options import check_finite_tensor, check_number
 
 MODES = ("add", "ablate", "ablate_add")
 POSITIONS = ("all", "prompt", "response")
@@ -223,11 +223,9 @@ class _ModelView:
     """A bare HF (or PEFT) model seen as a LoadedModel: ``.model``, ``.sites``, ``.fingerprint``."""
 
     def __init__(self, model: nn.Module):
-        from workbench._models import _fingerprint
-
         self.model = model
         self.sites = SiteMap.for_model(model)
-        self.fingerprint = _fingerprint(model, self.sites, "")
+        self.fingerprint = ModelFingerprint.of(model, self.sites)
 
 
 def as_loaded(model: Any) -> Any:
@@ -287,7 +285,7 @@ class Steerer:
 
     def __init__(
         self,
-        lm: Any,
+        lm: ModelLike | nn.Module,
         vector: Any,
         layers: Layers = "all",
         alpha: Alpha = 4.0,

@@ -40,12 +40,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from workbench import WorkbenchError, read_sites
-from workbench._html import write_figure_html
-from workbench._io import atomic_write_json, atomic_write_text
-from workbench._options import check_finite, check_int, check_number
+from workbench import ModelLike, WorkbenchError, read_sites
 from workbench.generation import generate, row_seed
+from workbench.html import write_figure_html
+from workbench.io import atomic_write_json, atomic_write_text
 from workbench.judges import score_prompts
+from workbench.options import check_finite, check_int, check_number
 from workbench.runs import SUMMARY_JSON, SWEEP_CSV
 from workbench.scoring import answer_logprobs, build_teacher_forced, pad_right
 
@@ -141,7 +141,7 @@ def _std(xs: Sequence[float | None]) -> float | None:
 
 @torch.no_grad()
 def read_answers(
-    lm: Any,
+    lm: ModelLike,
     prompts: Sequence[str],
     answers: Sequence[str],
     units: dict[int, Tensor],
@@ -198,7 +198,7 @@ def _pairs_rows(pairs: Sequence[Any]) -> list[tuple[str, str, str]]:
     return out
 
 
-def preference_margin(lm: Any, pairs: Sequence[tuple[str, str, str]], batch_size: int = 16) -> float:
+def preference_margin(lm: ModelLike, pairs: Sequence[tuple[str, str, str]], batch_size: int = 16) -> float:
     """Mean over pairs of the per-token log-prob of the trait answer minus the opposite answer."""
     qs = [q for q, _, _ in pairs]
     pos = answer_logprobs(lm, qs, [a for _, a, _ in pairs], batch_size=batch_size)
@@ -325,7 +325,7 @@ def _generate_alphas(
 
 
 def sweep(
-    lm: Any,
+    lm: ModelLike,
     vector: Any,
     layers: Sequence[int] | None = None,
     alphas: Sequence[float] | None = None,
@@ -401,7 +401,7 @@ def sweep(
     bs = batch_size or len(prompts)
     ref_pairs = _pairs_rows(pairs) if pairs else None
     units = {l: mat[l] / mat[l].norm().clamp_min(1e-12) for l in layer_list}
-    gen_kw = dict(
+    gen_kw: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
         temperature=temp,
         seed=seed,
@@ -453,7 +453,7 @@ def sweep(
             gen = generate(lm, prompts, desc="baseline", **gen_kw)
             record(None, 0.0, gen, preference_margin(lm, ref_pairs) if ref_pairs else None, units)
             continue
-        steer_kw = dict(positions=positions, mode=mode, normalize=normalize)
+        steer_kw: dict[str, Any] = dict(positions=positions, mode=mode, normalize=normalize)
         if batch_alphas:
             by_alpha = _generate_alphas(lm, vector, layer, steered_alphas, prompts, gen_kw, steer_kw)
         else:
@@ -469,8 +469,7 @@ def sweep(
             record(layer, alpha, by_alpha[alpha], margin, {layer: units[layer]})
 
     if judge_obj is not None:
-        from workbench.data import JUDGE_PROMPTS
-        from workbench.data._eval_yaml import fill_template
+        from workbench.data import JUDGE_PROMPTS, fill_template
 
         trait_j = score_prompts(
             judge_obj, [tr.judge(r["question"], r["answer"]) for r in answers],

@@ -136,3 +136,28 @@ sys.argv = ["workbench", *sys.argv[1:]]
 from workbench.cli import main
 main()
 """
+
+
+def _hooks_on(lm) -> set[tuple[str, int]]:
+    """(module name, hook id) of every forward hook on ``lm`` except transformers' own output-capturing hooks
+    (transformers 5 installs them, for good, the first time a model is called with output_hidden_states)."""
+    out = set()
+    for name, m in lm.model.named_modules():
+        for table in (m._forward_hooks, m._forward_pre_hooks):
+            for hid, fn in table.items():
+                if "output_capturing_hook" not in getattr(fn, "__qualname__", ""):
+                    out.add((name, hid))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_hook_left_on_shared_models(request):
+    """The tiny models in ``_CACHE`` are shared by every test: a hook a test leaves on one leaks into later ones."""
+    before = {shape: _hooks_on(lm) for shape, lm in _CACHE.items()}
+    yield
+    for shape, lm in _CACHE.items():
+        left = _hooks_on(lm) - before.get(shape, set())
+        if left:
+            raise AssertionError(
+                f"{request.node.nodeid} left hooks on the shared {shape}: {sorted(left)[:3]}"
+            )

@@ -3,8 +3,16 @@
 from ._artifacts import Artifact, load_artifact, save_artifact
 from ._errors import MissingPackageError, WorkbenchError
 from ._hooks import ActivationCache, forward_until, intervene, read_sites
-from ._models import DEFAULT_MODEL, LoadedModel, ModelFingerprint, load_model
-from ._sites import ALL_SITE_KINDS, SITE_KINDS, ArchAdapter, ArchSpec, register_adapter, register_arch
+from ._models import DEFAULT_MODEL, LoadedModel, ModelFingerprint, ModelLike, load_model
+from ._sites import (
+    ALL_SITE_KINDS,
+    SITE_KINDS,
+    ArchAdapter,
+    ArchSpec,
+    SiteMap,
+    register_adapter,
+    register_arch,
+)
 from ._version import __version__
 from .runs import RunDir, find_runs
 from .settings import Bounds, from_mapping, setting, to_mapping
@@ -21,7 +29,9 @@ __all__ = [
     "LoadedModel",
     "MissingPackageError",
     "ModelFingerprint",
+    "ModelLike",
     "RunDir",
+    "SiteMap",
     "WorkbenchError",
     "__version__",
     "find_runs",

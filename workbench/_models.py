@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -81,12 +81,51 @@ class ModelFingerprint:
         """Same base shape (architecture, layers, widths, vocabulary); the source may differ (fine-tunes)."""
         return all(getattr(self, k) == getattr(other, k) for k in self.STRUCTURAL)
 
+    @classmethod
+    def of(cls, model: nn.Module, sites: SiteMap | None = None, source: str = "") -> ModelFingerprint:
+        """The fingerprint of a bare HF (or PEFT-wrapped) ``model``, its sites resolved when not given."""
+        return _fingerprint(model, sites if sites is not None else SiteMap.for_model(model), source)
+
     def short(self) -> str:
         src = f", source={self.source}" if self.source else ""
         return (
             f"{self.architecture} n_layers={self.n_layers} d_model={self.d_model} "
             f"n_heads={self.n_heads} vocab={self.vocab_size}{src}"
         )
+
+
+@runtime_checkable
+class ModelLike(Protocol):
+    """The model argument (``lm``) of the packages' public functions: what they read from a loaded model.
+
+    A :class:`LoadedModel` is one; so is any object with these attributes (a test double, a wrapper that
+    keeps its own bookkeeping). ``model`` may be PEFT-wrapped; ``sites`` resolves hook-site names to its
+    modules; ``fingerprint`` is what artifacts are checked against.
+    """
+
+    @property
+    def model(self) -> nn.Module: ...  # the HF causal LM, or its PEFT wrapper
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def sites(self) -> SiteMap: ...
+
+    @property
+    def fingerprint(self) -> ModelFingerprint: ...
+
+    @property
+    def n_layers(self) -> int: ...
+
+    @property
+    def d_model(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
 
 
 @dataclass

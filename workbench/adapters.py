@@ -3,6 +3,7 @@
 In the workbench "adapter" means only this: a PEFT adapter folder (``adapter_config.json`` +
 ``adapter_model.safetensors``), what ``--adapter`` names and what training writes to ``<run>/adapter/``. The
 per-family table of where the hook sites live is ``workbench.ArchSpec`` (``workbench._sites``).
+``unwrap_model`` looks through a PEFT wrapper to the HF model beneath.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import WorkbenchError
+from ._sites import unwrap_model
+
+__all__ = ["apply_adapter", "check_adapter", "unwrap_model"]
 
 
 def apply_adapter(lm: Any, adapter_dir: str | Path, *, is_trainable: bool = False) -> Any:

@@ -480,11 +480,11 @@ def _intervention_factory(lm, gates, vector, layer):
 
 def _register_capability_commands() -> None:
     """Commands implemented in the capability packages (imported here: the CLI wires everything)."""
-    from gating._cli import gate
-    from probes._cli import extract_vector, screen, vector_app
-    from steering._cli import steer, sweep_cmd
+    from gating.cli import gate
+    from probes.cli import extract_vector, screen, vector_app
+    from steering.cli import steer, sweep_cmd
 
-    from .training._cli import train
+    from .training.cli import train
 
     app.command("extract-vector")(extract_vector)
     app.command("steer")(steer)
@@ -498,11 +498,11 @@ def _register_capability_commands() -> None:
 
     app.command("app")(app_cmd)
 
-    from probes._monitor_cli import monitor
+    from probes.monitor import monitor_command as monitor
 
     app.command("monitor")(monitor)
 
-    from benchmarks._cli import bench
+    from benchmarks.cli import bench
 
     app.command("bench")(bench)
 

@@ -416,8 +416,7 @@ class Evaluator:
         """
         from ._io import atomic_write_text
         from .data import gcd_rows_to_sycophancy, is_gcd_row
-        from .judges import grade_replies
-        from .judges._sycophancy import check_sycophancy_mode
+        from .judges import check_sycophancy_mode, grade_replies
         from .metrics import exact_match_rate, sycophancy_rate
 
         mode = self.config.sycophancy_judge
@@ -637,7 +636,7 @@ UNSCORED_WARN_SHARE = 0.25
 
 def _number_mass(raw: Mapping[str, Any]) -> float | None:
     """Probability on the numbers 0..100 in a judge's candidates -> probability map (None if not one)."""
-    from .judges._base import number_probs
+    from .judges import number_probs
 
     if not raw or not all(isinstance(p, int | float) and not isinstance(p, bool) for p in raw.values()):
         return None
@@ -891,8 +890,7 @@ def load_eval_sets(
 
 
 def _question_set(spec: str) -> EvalSet:
-    from .data import DATASETS, load_eval_yaml, make_dataset
-    from .data._eval_yaml import parse_eval_entries
+    from .data import DATASETS, load_eval_yaml, make_dataset, parse_eval_entries
 
     if not Path(spec).exists() and spec in DATASETS:
         kind = DATASETS[spec].kind
@@ -905,8 +903,7 @@ def _question_set(spec: str) -> EvalSet:
 
 
 def _data_set(spec: str) -> EvalSet:
-    from .data import DATASETS, load_chat_jsonl, load_gcd_jsonl, load_pairs, make_dataset
-    from .data._check import sniff_jsonl
+    from .data import DATASETS, load_chat_jsonl, load_gcd_jsonl, load_pairs, make_dataset, sniff_jsonl
 
     if not Path(spec).exists() and spec in DATASETS:
         rows = make_dataset(spec)

@@ -200,6 +200,13 @@ def generate(
 
 
 # ---------------------------------------------------------------------------------------- out of memory
+def default_compile(device: torch.device | str) -> bool:
+    """Whether :func:`generate` decodes compiled on ``device`` when its ``compile`` is ``None`` (the default)."""
+    from ._compiled import default_compile as _default_compile
+
+    return _default_compile(device)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for an accelerator or host out-of-memory error (CUDA, MPS, the CPU allocator)."""
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError

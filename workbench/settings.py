@@ -374,3 +374,15 @@ def _coerce_strict(value: Any, tp: Any, key: str, where: str) -> Any:
         return _coerce(value, tp, key, where)
     except _Mismatch:
         raise WorkbenchError(f"{where}: '{key}' must be {_type_name(tp)}, got {_short(value)}") from None
+
+
+# ---------------------------------------------------------------------- shared with the training config
+# The training config (``workbench.training``) checks and reports its own sections with the same helpers;
+# these are their public names (the underscore spellings stay for this module's own use).
+check_bounds = _check_bounds
+out_of_bounds = _out_of_bounds
+coerce_value = _coerce_strict
+strip_optional = _strip_optional
+is_union = _is_union
+quote = _q
+short_repr = _short

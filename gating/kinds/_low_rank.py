@@ -25,4 +25,6 @@ class LowRankGate(Gate):
         self.bias = nn.Parameter(torch.zeros(self.channels))
 
     def logits(self, x: Tensor | None) -> Tensor:
+        if x is None:
+            raise ValueError("low_rank gates are input-dependent: logits() needs the layer input")
         return (x @ self.V.T) @ self.U.T + self.bias  # [..., channels]

@@ -15,9 +15,9 @@ import typer
 from typer.testing import CliRunner
 
 from benchmarks import ROWS, Bench, Measured, RowSpec, Side, at_least, register_row, run_bench
-from benchmarks._cli import bench as bench_cmd
 from benchmarks._harness import ROW_KEYS, SIDE_KEYS, SIZES, MemoryProbe, format_table
-from benchmarks._rows import TrainBench, decode_vs_bandwidth, text_of, weight_bytes_per_step
+from benchmarks.cli import bench as bench_cmd
+from benchmarks.rows import TrainBench, decode_vs_bandwidth, text_of, weight_bytes_per_step
 from workbench import WorkbenchError, load_model
 
 TINY = "random:tiny-llama"

@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from benchmarks import monitor_overhead
 from probes import PersonaVector
-from probes.monitor import AlertRule, MonitorSettings, evaluate_alerts, monitor_overhead, read_monitor
+from probes.monitor import AlertRule, MonitorSettings, evaluate_alerts, read_monitor
 from tests.conftest import run_torchrun
 from workbench import WorkbenchError
 from workbench.training import TrainConfig, train
@@ -266,7 +267,7 @@ def test_cli_prints_the_summary(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from probes._monitor_cli import monitor
+    from probes.monitor import monitor_command as monitor
 
     run = tmp_path / "run"
     run.mkdir()

@@ -7,7 +7,7 @@ Sycophancy replies are graded by :func:`grade_replies` (rules, an LLM judge, or 
 See ``docs/judges.md``.
 """
 
-from ._base import Judge, Judgment, aggregate_score, score_prompts
+from ._base import Judge, Judgment, aggregate_score, number_probs, score_prompts
 from ._registry import make_judge, register_judge
 from ._rules import (
     ExactMatch,
@@ -22,6 +22,7 @@ from ._rules import (
 from ._sycophancy import (
     SYCOPHANCY_JUDGE_PROMPT,
     SYCOPHANCY_MODES,
+    check_sycophancy_mode,
     classifier_accuracy,
     format_classifier_accuracy,
     grade_from_score,
@@ -36,6 +37,7 @@ __all__ = [
     "make_judge",
     "register_judge",
     "aggregate_score",
+    "number_probs",
     "score_prompts",
     "RulesJudge",
     "PropositionGrade",
@@ -48,6 +50,7 @@ __all__ = [
     "SYCOPHANCY_MODES",
     "SYCOPHANCY_JUDGE_PROMPT",
     "sycophancy_judge_prompt",
+    "check_sycophancy_mode",
     "grade_from_score",
     "grade_replies",
     "load_labelled_set",

@@ -9,8 +9,9 @@ trainer. See ``docs/training.md``.
 
 from ._config import DataSource, TrainConfig
 from ._context import ForwardOutput, TrainContext
-from ._data import Batch
+from ._data import Batch, split_prompt_answer
 from ._loop import Trainer, TrainingStopped, train
+from ._lora import compact_targets, resolve_target_modules
 from ._plugins import (
     Component,
     Defense,
@@ -33,10 +34,13 @@ __all__ = [
     "TrainPlugin",
     "Trainer",
     "TrainingStopped",
+    "compact_targets",
     "register_component",
     "register_defense",
     "register_plugin",
     "registered_components",
     "registered_defenses",
+    "resolve_target_modules",
+    "split_prompt_answer",
     "train",
 ]

@@ -28,18 +28,14 @@ import yaml
 
 from workbench._errors import WorkbenchError
 from workbench._io import _DuplicateKey, load_yaml_value, parse_yaml, read_text
-from workbench.settings import (
-    Bounds,
-    _check_bounds,
-    _is_union,
-    _out_of_bounds,
-    _q,
-    _short,
-    _strip_optional,
-    from_mapping,
-    setting,
-    to_mapping,
-)
+from workbench._models import DEFAULT_MODEL
+from workbench.settings import Bounds, from_mapping, setting, to_mapping
+from workbench.settings import check_bounds as _check_bounds
+from workbench.settings import is_union as _is_union
+from workbench.settings import out_of_bounds as _out_of_bounds
+from workbench.settings import quote as _q
+from workbench.settings import short_repr as _short
+from workbench.settings import strip_optional as _strip_optional
 
 from . import _plugins, _presets
 
@@ -170,7 +166,7 @@ class TrainConfig:
         f"values win; see docs/training.md#presets): {', '.join(_presets.preset_names())}",
     )
     model: str = _f(
-        "smollm2-135m", help="model spec: smollm2-135m, a local HF folder, a hub id or random:<shape>"
+        DEFAULT_MODEL, help=f"model spec: {DEFAULT_MODEL}, a local HF folder, a hub id or random:<shape>"
     )
     device: str | None = _f(None, help="cpu, cuda, cuda:N or mps (null: cuda when available, else cpu)")
     dtype: str | None = _f(
@@ -210,7 +206,7 @@ class TrainConfig:
         _check_bounds(self)
         if not self.model.strip():
             raise ValueError(
-                "'model' is empty; give a model spec (smollm2-135m, a folder, a hub id or random:<shape>)"
+                f"'model' is empty; give a model spec ({DEFAULT_MODEL}, a folder, a hub id or random:<shape>)"
             )
         if self.device is not None:
             from workbench._models import check_device

@@ -117,12 +117,10 @@ def _chat_to_pairs(rows: list[dict[str, Any]], where: str) -> list[dict[str, Any
 
 
 def _load_pairs_file(path: str) -> list[dict[str, Any]]:
-    from workbench.data import load_chat_jsonl, load_pairs
+    from workbench.data import load_chat_jsonl, load_pairs, sniff_jsonl
 
     if not Path(path).is_file():
         return load_pairs(path)  # reports the missing file
-    from workbench.data._check import sniff_jsonl
-
     if sniff_jsonl(path) == "pairs":
         return load_pairs(path)
     return _chat_to_pairs(load_chat_jsonl(path, prompts_only=False), path)

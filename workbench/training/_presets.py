@@ -371,7 +371,8 @@ def validate_preset(preset: Preset) -> None:
     import dataclasses
     import typing
 
-    from workbench.settings import _coerce_strict, _strip_optional
+    from workbench.settings import coerce_value as _coerce_strict
+    from workbench.settings import strip_optional as _strip_optional
 
     from ._config import TrainConfig
     from ._plugins import get_defense

@@ -6,7 +6,7 @@ Reusable pieces: ``prepare_vectors`` (small persona-vector extractions), ``study
 ``TrainConfig``), ``run_study`` (runs that are not finished yet; resumes interrupted ones), ``study_rows`` and
 ``markdown_report`` (the tables). Command line::
 
-    python -m probes._monitor_study OUT [--runs advice-plain advice-kl ...] [--report]
+    python -m probes.monitor._study OUT [--runs advice-plain advice-kl ...] [--report]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workbench import DEFAULT_MODEL
 from workbench.runs import ADAPTER_DIR, CHECKPOINTS_DIR, MONITOR_JSONL, VECTORS_DIR, RunDir
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ ORGANISMS: dict[str, dict[str, Any]] = {
 }
 DEFENSES: dict[str, dict[str, Any]] = {"plain": {}, "kl": {"kl": {"weight": 1.0}}}
 SETTINGS: dict[str, Any] = {
-    "model": "smollm2-135m",
+    "model": DEFAULT_MODEL,
     "n_train": 160,  # 20 steps of 8
     "batch_size": 8,
     "lr": 1e-4,
@@ -57,7 +58,7 @@ def prepare_vectors(
     if missing:
         from workbench import load_model
 
-        from ._extract import extract_from_trait
+        from .._extract import extract_from_trait
 
         lm = load_model(model, device="cpu")
         s = SETTINGS["extract"]
@@ -128,7 +129,7 @@ def run_study(
 def study_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Per monitored step: the training loss of that step (mean of the steps since the last row) and every
     monitor signal."""
-    from ._monitor import read_monitor
+    from ._log import read_monitor
 
     mon = read_monitor(run_dir)
     metrics = RunDir(run_dir).metrics()
@@ -164,8 +165,8 @@ def control_analysis(out: str | Path, runs: list[str] | None = None, n: int = 8)
     from workbench.adapters import apply_adapter
     from workbench.data import make_dataset
 
-    from ._activations import teacher_forced_stats
-    from ._vector import PersonaVector
+    from .._activations import teacher_forced_stats
+    from .._vector import PersonaVector
 
     out = Path(out)
     layers = SETTINGS["layers"]
@@ -213,7 +214,7 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def markdown_report(out: str | Path, runs: list[str] | None = None) -> str:
     """Markdown tables of every finished study run: the curves, and start / last / change in baseline sd."""
-    from ._monitor import read_monitor
+    from ._log import read_monitor
 
     parts: list[str] = []
     for run in runs or RUNS:
@@ -242,7 +243,7 @@ def markdown_report(out: str | Path, runs: list[str] | None = None) -> str:
             sd = (base.get("sd") or {}).get(srow["signal"])
             z = srow["change"] / sd if sd else None
             first = srow["first_alert_step"]
-            share = progress(mon, srow["signal"]).get(early)
+            share = progress(mon, srow["signal"]).get(early) if early is not None else None
             pts = mon.curve(srow["signal"])
             peak_step, peak = max(pts, key=lambda p: abs(p[1] - pts[0][1]))
             parts.append(
@@ -266,7 +267,7 @@ def markdown_report(out: str | Path, runs: list[str] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m probes._monitor_study", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m probes.monitor._study", description=__doc__)
     parser.add_argument("out", help="study directory (vectors/, runs/<run>/)")
     parser.add_argument("--runs", nargs="*", default=None, help=f"subset of {RUNS}")
     parser.add_argument("--report", action="store_true", help="only print the markdown tables")

@@ -79,7 +79,7 @@ def monitor(
     ] = False,
 ) -> None:
     """Summary of the EM monitor's curves: per signal start / min / max / last and the first alert step."""
-    from ._monitor import read_monitor
+    from ._log import read_monitor
 
     log = read_monitor(run_dir)
     if as_json:
