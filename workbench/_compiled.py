@@ -23,7 +23,7 @@ token for token in the tests).
 Sampling needs nothing here: ``generate`` samples with greedy decoding plus a
 ``workbench.generation.RowSeededSampler`` in ``kwargs["logits_processor"]``, which runs eagerly after the
 compiled step on both paths (the extra left padding of the buckets does not change its step count), so
-compiled and eager decoding draw the same samples (``tests/unit/test_reliability_seeds.py``).
+compiled and eager decoding draw the same samples (``tests/unit/reliability/test_reliability_seeds.py``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 import torch
 
-from tests.unit.test_app_pages import TINY, build_sample_runs
+from tests.unit.apps.test_app_pages import TINY, build_sample_runs
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

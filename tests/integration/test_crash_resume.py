@@ -26,8 +26,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import EVAL_KILL
-from tests.unit.test_reliability_inputs import run_main
+from tests.helpers import EVAL_KILL
+from tests.unit.reliability.test_reliability_inputs import run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

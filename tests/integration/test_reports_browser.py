@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.integration.test_app_browser import CHROMIUM, CHROMIUM_ARGS
-from tests.unit.test_reports_offline import build_report_run
+from tests.unit.workbench.test_reports_offline import build_report_run
 
 OFFLINE_ARGS = [*CHROMIUM_ARGS, "--host-resolver-rules=MAP * ~NOTFOUND"]  # no name resolves: no network
 
