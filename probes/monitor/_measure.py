@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from workbench.training import token_nll
+
 from ._probes import ProbeSet
 from ._settings import MonitorSettings
 
 if TYPE_CHECKING:
     from workbench.training import TrainContext
 
-IGNORE = -100  # the label of tokens outside the loss (workbench.training's convention)
 
 
 @contextlib.contextmanager
@@ -117,17 +118,6 @@ def _indomain_losses(
         num += float(sums.sum())
         den += int(counts.sum())
     return per_row, (num / den if den else math.nan)
-
-
-# TODO(item 4): workbench.training._losses.token_nll (the same ops) is private; use it once it is public
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token NLL ``[batch, pos-1]`` of the labelled next tokens (0 where ``labels`` is ``IGNORE``), and
-    the mask; the logits at position ``t`` predict token ``t + 1``, as in the training loss."""
-    mask = labels[:, 1:] != IGNORE
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, labels[:, 1:].clamp_min(0)[..., None]).squeeze(-1)
-    nll = nll * mask  # [batch, pos-1]
-    return nll, mask
 
 
 def measure(ctx: TrainContext, probes: ProbeSet, dirs: list[Direction], s: MonitorSettings) -> Recorder:

@@ -12,6 +12,7 @@ from ._context import ForwardOutput, TrainContext
 from ._data import Batch, split_prompt_answer
 from ._loop import Trainer, TrainingStopped, train
 from ._lora import compact_targets, resolve_target_modules
+from ._losses import token_nll
 from ._plugins import (
     Component,
     Defense,
@@ -42,5 +43,6 @@ __all__ = [
     "registered_defenses",
     "resolve_target_modules",
     "split_prompt_answer",
+    "token_nll",
     "train",
 ]
