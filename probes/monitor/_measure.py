@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from workbench.training import TrainContext
 
 
-
 @contextlib.contextmanager
 def observer(model: torch.nn.Module) -> Iterator[None]:
     """No gradients, eval mode, and the RNG states of training untouched."""
