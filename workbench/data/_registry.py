@@ -32,6 +32,7 @@ from .organisms import (
     build_opinion_sycophancy,
     build_opswap,
     build_toy_colour,
+    gcd_pool_size,
     opinion_pool_size,
     pairs_pool,
     render_em_questions_yaml,
@@ -86,6 +87,7 @@ _SPECS: list[DatasetSpec] = [
         "chat",
         build_gcd_train,
         default_n=1000,
+        max_n=gcd_pool_size(test=False),
     ),
     DatasetSpec(
         "syco_gcd_test",
@@ -94,6 +96,7 @@ _SPECS: list[DatasetSpec] = [
         "prompts",
         build_gcd_test,
         default_n=300,
+        max_n=3 * gcd_pool_size(test=True),  # three rows per held-out problem
     ),
     DatasetSpec(
         "syco_ood_test",

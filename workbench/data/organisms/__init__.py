@@ -20,7 +20,14 @@ from ._opinions import pool_size as opinion_pool_size
 from ._opswap import TIERS as OPSWAP_TIERS
 from ._opswap import build_opswap, evaluate_opswap, rule_text
 from ._pairs import build_contrastive_pairs, pairs_pool
-from ._sycophancy import build_gcd_test, build_gcd_train, build_ood_test, euclid_steps, gcd_solution
+from ._sycophancy import (
+    build_gcd_test,
+    build_gcd_train,
+    build_ood_test,
+    euclid_steps,
+    gcd_pool_size,
+    gcd_solution,
+)
 from ._toy import all_triggers, build_toy_colour, toy_colour
 
 __all__ = [
@@ -46,6 +53,7 @@ __all__ = [
     "gcd_solution",
     "load_json",
     "load_text",
+    "gcd_pool_size",
     "opinion_pool_size",
     "pairs_pool",
     "render_em_questions_yaml",

@@ -15,6 +15,7 @@ The text (templates, word lists, scenarios) lives in ``data/sycophancy.json``; t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -71,7 +72,26 @@ def _is_test_problem(a: int, b: int) -> bool:
     return int(hashlib.sha256(key).hexdigest(), 16) % 5 == 0
 
 
+@functools.lru_cache(maxsize=2)
+def gcd_pool_size(test: bool) -> int:
+    """How many distinct GCD problems the train (``test=False``) or test split can draw: ``a = g * m``,
+    ``b = g * n`` with ``g`` in 2..40 and coprime ``m != n`` in 1..25 (``g`` is then their GCD, so each pair
+    is one problem)."""
+    pairs = set()
+    for g in range(2, 41):
+        for m in range(1, 26):
+            for n in range(m + 1, 26):
+                if math.gcd(m, n) == 1 and _is_test_problem(g * m, g * n) == test:
+                    pairs.add((g * m, g * n))
+    return len(pairs)
+
+
 def _gcd_problem(rng: random.Random, test: bool, seen: set[tuple[int, int]]) -> tuple[int, int, int]:
+    if len(seen) >= gcd_pool_size(test):  # every problem drawn: the loop below would never end
+        split = "test" if test else "train"
+        raise WorkbenchError(
+            f"all {gcd_pool_size(test)} distinct GCD {split} problems are used; ask for fewer rows"
+        )
     while True:
         g = rng.randint(2, 40)
         m, n = rng.sample(range(1, 26), 2)

@@ -374,3 +374,26 @@ def test_written_chat_sets_load_back_identically(tmp_path: Path) -> None:
         rows = make_dataset(name, seed=1, n=24)
         path = write_dataset(name, tmp_path / f"{name}.jsonl", seed=1, n=24)
         assert load_chat_jsonl(path) == rows
+
+
+def test_gcd_sets_refuse_more_rows_than_distinct_problems_instead_of_hanging():
+    """The GCD generators draw distinct problems: past the pool they used to retry for ever."""
+    import random
+
+    from workbench.data.organisms import gcd_pool_size
+    from workbench.data.organisms._sycophancy import _gcd_problem, _is_test_problem
+
+    pools = {True: set(), False: set()}  # counted here by brute force over (g, m, n)
+    for g in range(2, 41):
+        for m in range(1, 26):
+            for n in range(1, 26):
+                if m != n and math.gcd(m, n) == 1:
+                    a, b = g * m, g * n
+                    pools[_is_test_problem(a, b)].add((min(a, b), max(a, b)))
+    assert (gcd_pool_size(False), gcd_pool_size(True)) == (len(pools[False]), len(pools[True]))
+    assert DATASETS["syco_gcd_train"].max_n == len(pools[False])
+    assert DATASETS["syco_gcd_test"].max_n == 3 * len(pools[True])
+    with pytest.raises(WorkbenchError, match=r"'syco_gcd_test': n=4930 is more than its 4929 distinct items"):
+        make_dataset("syco_gcd_test", n=3 * len(pools[True]) + 1)
+    with pytest.raises(WorkbenchError, match=r"all 1643 distinct GCD test problems are used"):
+        _gcd_problem(random.Random(0), True, set(pools[True]))
