@@ -70,8 +70,9 @@ def info(
     for k, v in rows:
         typer.echo(f"{k:>15}: {v}")
     typer.echo(f"{'hook sites':>15}: blocks.{{0..{data['n_layers'] - 1}}}.<site>")
+    width = max((len(site) for site in data["site_modules"]), default=0)
     for site, where in data["site_modules"].items():
-        typer.echo(f"{'':>17}{site:<16} -> {where}")
+        typer.echo(f"{'':>17}{site:<{width}} -> {where}")
 
 
 @app.command()
