@@ -13,7 +13,15 @@ from ._activations import teacher_forced_stats
 from ._extract import ExtractionResult, extract_from_pairs, extract_from_trait
 from ._project import answer_projections, project, token_projections
 from ._screen import ScreenResult, screen_dataset, write_screen_report
-from ._vector import PersonaVector, export_gguf, import_gguf, import_pt, load_vectors, save_vectors
+from ._vector import (
+    PersonaVector,
+    export_gguf,
+    import_gguf,
+    import_pt,
+    is_gguf_file,
+    load_vectors,
+    save_vectors,
+)
 
 __all__ = [
     "ExtractionResult",
@@ -24,6 +32,7 @@ __all__ = [
     "extract_from_pairs",
     "extract_from_trait",
     "import_gguf",
+    "is_gguf_file",
     "import_pt",
     "load_vectors",
     "project",

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from workbench import DEFAULT_MODEL
-from workbench.cli_common import CheckModelOpt, FileOverwriteOpt, ModelOpt, SeedOpt, load_model_quietly
+from workbench.cli_common import (
+    CheckModelOpt,
+    FileOverwriteOpt,
+    ModelOpt,
+    SeedOpt,
+    load_model_quietly,
+    number_list,
+)
 
 DEFAULT_N_INSTRUCTIONS = 2
 """Instruction pairs used by default on the command line (all five cost 2.5x the time on a CPU)."""
@@ -246,23 +253,6 @@ def _blocks_text(blocks: list[int]) -> str:
     return ", ".join(str(a) if a == z else f"{a}..{z}" for a, z in parts)
 
 
-def _int_list(values: list[str] | None, flag: str) -> list[int] | None:
-    """``["1,2", "5"]`` -> ``[1, 2, 5]`` (repeated flags and comma-separated lists both work)."""
-    from workbench import WorkbenchError
-
-    if not values:
-        return None
-    out = []
-    for v in values:
-        for part in str(v).split(","):
-            if part.strip():
-                try:
-                    out.append(int(part.strip()))
-                except ValueError:
-                    raise WorkbenchError(f"{flag}: '{part.strip()}' is not a whole number") from None
-    return out
-
-
 @vector_app.command("export")
 def vector_export(
     vector: Annotated[Path, typer.Argument(help="A persona_vector .safetensors file.")],
@@ -287,7 +277,7 @@ def vector_export(
 
     from . import PersonaVector, export_gguf
 
-    chosen = _int_list(layers, "--layers")
+    chosen = number_list(layers, int, "--layers", "a whole number")
     check_output_files([out], overwrite=overwrite, inputs=[vector])
     vec = PersonaVector.load(vector, statistic=statistic)
     path = export_gguf(vec, out, scale=scale, layers=chosen)
@@ -328,7 +318,7 @@ def vector_import(
     from workbench import WorkbenchError
     from workbench.runs import check_output_files
 
-    from . import PersonaVector, import_gguf, import_pt, save_vectors
+    from . import PersonaVector, import_gguf, import_pt, is_gguf_file, save_vectors
     from ._vector import STATISTICS, _check_statistic
 
     if statistic is not None:
@@ -336,8 +326,7 @@ def vector_import(
     check_output_files([out], overwrite=overwrite, inputs=[source, model])
     if not source.is_file():
         raise WorkbenchError(f"vector file '{source}' does not exist")
-    with open(source, "rb") as fh:
-        is_gguf = fh.read(4) == b"GGUF"
+    is_gguf = is_gguf_file(source)
     if not is_gguf and source.suffix not in (".pt", ".pth"):
         raise WorkbenchError(
             f"'{source}' is neither a GGUF file nor a .pt/.pth tensor file; accepted: .gguf, .pt, .pth"

@@ -468,6 +468,15 @@ def _direction_block(name: str, path: Path) -> int:
     return n
 
 
+def is_gguf_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a readable file that starts with the GGUF magic (``b"GGUF"``), whatever its suffix."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def import_gguf(
     path: str | os.PathLike[str],
     fingerprint: ModelFingerprint | None = None,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from workbench import DEFAULT_MODEL, WorkbenchError
-from workbench.cli_common import CompileOpt, ModelOpt, SeedOpt, load_model_quietly
+from workbench.cli_common import CompileOpt, ModelOpt, SeedOpt, load_model_quietly, number_list
 from workbench.options import printable
 
 from ._load import load_vector
@@ -38,21 +38,6 @@ ModeOpt = Annotated[str, typer.Option(help="add, ablate or ablate_add.")]
 NormalizeOpt = Annotated[
     bool, typer.Option(help="Scale the vector to unit norm per layer (alpha becomes a residual length).")
 ]
-
-
-def _numbers(values: list[str] | None, cast: type, what: str) -> list[Any] | None:
-    """``["0,2", "4"]`` -> ``[0, 2, 4]``: repeated flags and comma-separated lists both work."""
-    if not values:
-        return None
-    out = []
-    for v in values:
-        for part in str(v).split(","):
-            if part.strip():
-                try:
-                    out.append(cast(part.strip()))
-                except ValueError:
-                    raise WorkbenchError(f"--{what}: '{part.strip()}' is not a valid number") from None
-    return out
 
 
 def _block(title: str, text: str, width: int) -> list[str]:
@@ -182,8 +167,8 @@ def sweep_cmd(
 
     from ._sweep import _resolve_trait, sweep
 
-    layer_list = _numbers(layers, int, "layers")
-    alpha_list = _numbers(alphas, float, "alphas")
+    layer_list = number_list(layers, int, "--layers")
+    alpha_list = number_list(alphas, float, "--alphas")
     _check_sweep_numbers(alpha_list, samples, max_new_tokens, n_questions, coherence_tolerance, batch_size)
     run_dir = prepare_run_dir(out, "sweep", overwrite=overwrite, inputs=[vector, model, trait, pairs])
     lm = load_model_quietly(model)

@@ -1,4 +1,4 @@
-"""Reading a persona vector from a file for steering (safetensors artifacts, or persona_vectors ``.pt``)."""
+"""Reading a persona vector from a file for steering (safetensors artifacts, persona_vectors ``.pt``, GGUF)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from workbench import ModelLike, WorkbenchError
-
-
-def _persona_vector_module() -> Any:
-    import probes  # the persona-vector readers, through probes' public face
-
-    return probes
 
 
 def load_vector(
@@ -27,7 +21,8 @@ def load_vector(
     p = Path(path)
     if not p.exists():
         raise WorkbenchError(f"vector file '{p}' does not exist")
-    mod = _persona_vector_module()
+    import probes as mod  # the persona-vector readers, through probes' public face
+
     fp = getattr(lm, "fingerprint", None) if lm is not None else None
     if p.suffix == ".pt":
         got = mod.import_pt(p, fingerprint=fp, statistic=statistic)
@@ -38,14 +33,6 @@ def load_vector(
                 )
             got = got[statistic]
         return got
-    if p.suffix.lower() == ".gguf" or _starts_with_gguf_magic(p):
+    if p.suffix.lower() == ".gguf" or mod.is_gguf_file(p):
         return mod.import_gguf(p, fingerprint=fp, statistic=statistic)
     return mod.PersonaVector.load(p, statistic=statistic, fingerprint=fp)
-
-
-def _starts_with_gguf_magic(p: Path) -> bool:
-    try:
-        with open(p, "rb") as fh:
-            return fh.read(4) == b"GGUF"
-    except OSError:
-        return False

@@ -35,6 +35,7 @@ __all__ = [
     "SeedOpt",
     "TrustRemoteCodeOpt",
     "load_model_quietly",
+    "number_list",
     "quiet_transformers",
 ]
 
@@ -89,3 +90,23 @@ def load_model_quietly(
 
     quiet_transformers()
     return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed)
+
+
+def number_list(
+    values: list[str] | None, cast: type, flag: str, noun: str = "a valid number"
+) -> list[Any] | None:
+    """``["0,2", "4"]`` -> ``[0, 2, 4]`` (each part through ``cast``): repeated flags and comma-separated lists
+    both work; ``None`` when nothing was given. A part ``cast`` refuses is a one-line error naming ``flag``."""
+    from ._errors import WorkbenchError
+
+    if not values:
+        return None
+    out = []
+    for v in values:
+        for part in str(v).split(","):
+            if part.strip():
+                try:
+                    out.append(cast(part.strip()))
+                except ValueError:
+                    raise WorkbenchError(f"{flag}: '{part.strip()}' is not {noun}") from None
+    return out
