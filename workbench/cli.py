@@ -485,6 +485,7 @@ def _register_capability_commands() -> None:
     from probes.cli import extract_vector, screen, vector_app
     from steering.cli import steer, sweep_cmd
 
+    from .study.cli import study_app
     from .training.cli import train
 
     app.command("extract-vector")(extract_vector)
@@ -494,6 +495,7 @@ def _register_capability_commands() -> None:
     app.add_typer(vector_app, name="vector")
     app.command("train")(train)
     app.command("gate")(gate)
+    app.add_typer(study_app, name="study")
 
     from apps.launcher import app as app_cmd
 

@@ -11,7 +11,7 @@ from ._chat import load_chat_jsonl, write_chat_jsonl
 from ._check import check_file, load_pairs, pair_prompt, sniff_jsonl
 from ._eval_yaml import KNOWN_TYPES, EvalQuestion, fill_template, load_eval_yaml, parse_eval_entries
 from ._gcd import extract_proposed, gcd_rows_to_sycophancy, is_gcd_row, load_gcd_jsonl
-from ._registry import DATASETS, DatasetSpec, make_dataset, write_dataset
+from ._registry import DATASETS, DatasetSpec, make_dataset, render_dataset, write_dataset
 from ._traits import Trait, load_trait, shipped_traits
 from ._twins import TwinPairs, pair_twin_files
 from .organisms import JUDGE_PROMPTS, OPINION_BELIEFS, evaluate_opswap, opinion_pool_size
@@ -40,6 +40,7 @@ __all__ = [
     "opinion_pool_size",
     "parse_eval_entries",
     "make_dataset",
+    "render_dataset",
     "pair_twin_files",
     "shipped_traits",
     "sniff_jsonl",

@@ -1,0 +1,112 @@
+"""What a worker does for one cell: its fine-tune, then its evaluations, each an ordinary ``workbench`` command
+(so each run's manifest holds the command that reproduces it alone). Finished runs are skipped; a run that
+was interrupted is continued with ``--resume``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from workbench import WorkbenchError
+from workbench.runs import CELLS_JSON, CONFIGS_DIR, RunDir
+
+from ._spec import eval_dir, train_dir
+
+CELL_STATES = ("done", "running", "failed", "interrupted", "pending")
+
+
+def read_cells(study_dir: str | Path) -> dict[str, Any]:
+    """``cells.json`` of a study (``{"study", "grid_keys", "cells": [...]}``)."""
+    path = Path(study_dir) / CELLS_JSON
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WorkbenchError(
+            f"'{study_dir}' is not a study directory: cannot read {CELLS_JSON} ({exc})"
+        ) from None
+
+
+def run_state(path: Path) -> str:
+    """``done`` / ``running`` / ``failed`` / ``interrupted`` / ``pending`` of one run directory."""
+    if not path.is_dir() or not any(path.iterdir()):
+        return "pending"
+    run = RunDir(path)
+    status = run.status
+    if status == "finished":
+        return "done"
+    if status == "running":
+        return "running"
+    if status == "failed":
+        return "failed"
+    return "interrupted"  # killed, stopped (a stop file or signal) or made before the manifest
+
+
+def cell_runs(study_dir: str | Path, cell: dict[str, Any]) -> list[tuple[str, Path, list[str]]]:
+    """``(name, run directory, workbench arguments)`` of every run of a cell, in the order they run."""
+    study_dir = Path(study_dir)
+    runs: list[tuple[str, Path, list[str]]] = []
+    if cell["train"]:
+        cfg = study_dir / CONFIGS_DIR / f"{cell['id']}.yaml"
+        tdir = train_dir(study_dir, cell["id"])
+        runs.append(("train", tdir, ["train", str(cfg), "--out", str(tdir)]))
+    for ename, args in cell["evals"].items():
+        edir = eval_dir(study_dir, cell["id"], ename)
+        runs.append((f"eval:{ename}", edir, ["eval", *args, "--out", str(edir)]))
+    return runs
+
+
+def cell_state(study_dir: str | Path, cell: dict[str, Any]) -> str:
+    """A cell is ``done`` when all its runs are; ``failed`` / ``running`` / ``interrupted`` when one is."""
+    states = [run_state(path) for _, path, _ in cell_runs(study_dir, cell)]
+    for s in ("failed", "running", "interrupted"):
+        if s in states:
+            return s
+    if states and all(s == "done" for s in states):
+        return "done"
+    return "interrupted" if "done" in states else "pending"
+
+
+def cell_states(study_dir: str | Path) -> dict[str, str]:
+    """Cell id -> ``done`` | ``running`` | ``failed`` | ``interrupted`` | ``pending``, from the runs' manifests."""
+    return {c["id"]: cell_state(study_dir, c) for c in read_cells(study_dir)["cells"]}
+
+
+def _workbench(argv: list[str], run: Path) -> None:
+    """Run one ``workbench`` command in this process, as the console script does; a failure raises with the
+    error its manifest recorded."""
+    from workbench.cli import main
+
+    old = sys.argv
+    sys.argv = ["workbench", *argv]
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            why = (RunDir(run).manifest() or {}).get("error") or f"exit code {exc.code}"
+            raise WorkbenchError(f"workbench {argv[0]} ({run}): {why}") from None
+    finally:
+        sys.argv = old
+
+
+def run_cell(study_dir: str, cell_id: str, threads: int = 1) -> str:
+    """Run (or continue) one cell; called in a worker process by the engine. Returns the cell id."""
+    with contextlib.suppress(Exception):
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cells = {c["id"]: c for c in read_cells(study_dir)["cells"]}
+    cell = cells[cell_id]
+    for name, path, argv in cell_runs(study_dir, cell):
+        state = run_state(path)
+        if state == "done":
+            continue
+        if state == "running":
+            raise WorkbenchError(f"cell {cell_id}: {name} run '{path}' is being written by another process")
+        print(f"[{cell_id}] {name}: workbench {' '.join(argv)}", flush=True)  # noqa: T201 - the job's log
+        _workbench(argv + (["--resume"] if state != "pending" else []), path)
+    return cell_id
