@@ -27,7 +27,7 @@ from workbench.io import atomic_write_json, atomic_write_text, load_yaml_value
 from workbench.runs import CELLS_JSON, CONFIGS_DIR, STUDY_YAML, SUBMITIT_DIR, prepare_run_dir, write_config
 
 from ._cells import cell_state, read_cells, run_cell
-from ._spec import BASELINE, Cell, Study, data_path, expand, load_study
+from ._spec import BASELINE, Cell, Study, data_path, expand, load_study, substitute_data
 
 EXECUTORS = ("local", "slurm", "debug")
 POLL_S = 1.0
@@ -41,11 +41,11 @@ def _yaml_text(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
 
-def cell_config(study: Study, cell: Cell) -> dict[str, Any]:
+def cell_config(study: Study, cell: Cell, study_dir: Path) -> dict[str, Any]:
     """The resolved training config of a cell: the base config with the cell's grid values and seed."""
     from workbench.training import TrainConfig
 
-    base = dict(study.train)
+    base = substitute_data(dict(study.train), study_dir)
     if study.report_to:
         base["report_to"] = list(study.report_to)
     cfg = TrainConfig.from_dict(base, where=f"{study.path}: train")
@@ -101,16 +101,16 @@ def prepare_study(
     study = load_study(study_file)
     resolved = study.resolved()
     # every cell's config is checked before anything is written
-    probe = Path(out) if out else Path("runs") / f"study-{study.name}"
-    cells = expand(study, probe)
-    configs = {c.id: cell_config(study, c) for c in cells if c.train}
     if out is None:
         out = Path("runs") / f"study-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    probe = Path(out).absolute()
+    configs = {c.id: cell_config(study, c, probe) for c in expand(study, probe) if c.train}
     path = prepare_run_dir(
         out, "study", resume=resume, overwrite=overwrite, inputs=[str(study.path)], config=resolved
     )
     path = path.resolve()  # manifests and cells.json name absolute paths: each run reproduces from anywhere
     cells = expand(study, path)
+    configs = {c.id: cell_config(study, c, path) for c in cells if c.train}
     write_config(path, resolved)
     atomic_write_text(path / STUDY_YAML, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
     (path / CONFIGS_DIR).mkdir(exist_ok=True)

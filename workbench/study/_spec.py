@@ -367,6 +367,16 @@ def expand(study: Study, study_dir: Path) -> list[Cell]:
         raise WorkbenchError(f"{study.path}: two cells have the same id after making labels file-safe: {ids}")
     by_values = {(tuple(c.values.values()), c.seed): c for c in cells}
     for cell in cells:
+        if cell.train:
+            sub = _resolver(study, study_dir, cell, "grid", by_values)
+            try:
+                cell.overrides = {k: _substitute(v, sub) for k, v in cell.overrides.items()}
+            except _Skip:
+                raise WorkbenchError(f"{study.path}: 'grid': {{train}} names the cell itself") from None
+            if cell.id in cell.needs:
+                raise WorkbenchError(
+                    f"{study.path}: cell {cell.id} would wait for itself ({{cell:...}} in 'grid')"
+                )
         for ename, opts in study.evals.items():
             only = opts.get("only") or {}
             if any(cell.values.get(k) != v for k, v in only.items()):
@@ -377,6 +387,66 @@ def expand(study: Study, study_dir: Path) -> list[Cell]:
     return cells
 
 
+def _substitute(value: Any, sub: Any) -> Any:
+    """``value`` with every placeholder in its strings replaced (mappings and lists walked)."""
+    if isinstance(value, str):
+        return sub(value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, sub) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, sub) for v in value]
+    return value
+
+
+def substitute_data(value: Any, study_dir: Path) -> Any:
+    """``{data:NAME}`` placeholders of the base training config (the same for every cell)."""
+    return _substitute(
+        value,
+        lambda text: re.sub(r"\{data:([^{}]*)\}", lambda m: str(data_path(study_dir, m.group(1))), text),
+    )
+
+
+def _resolver(
+    study: Study,
+    study_dir: Path,
+    cell: Cell,
+    where: str,
+    by_values: dict[tuple[tuple[str, ...], int | None], Cell],
+) -> Any:
+    """A function replacing the placeholders of one string for ``cell`` (raises ``_Skip`` where the cell has
+    no fine-tune to name); ``{cell:...}`` adds the named cell to ``cell.needs``."""
+
+    def one(m: re.Match[str]) -> str:
+        ref = m.group(1)
+        if ref == "train":
+            if not cell.train or where == "grid":
+                raise _Skip
+            return str(train_dir(study_dir, cell.id))
+        if ref.startswith("data:"):
+            if ref[5:] not in study.data:
+                raise WorkbenchError(f"{study.path}: '{where}': no data named '{ref[5:]}' under 'data'")
+            return str(data_path(study_dir, ref[5:]))
+        wanted = dict(cell.values)
+        for item in filter(None, (s.strip() for s in ref[5:].split(","))):
+            if "=" not in item or item.split("=", 1)[0] not in wanted:
+                raise WorkbenchError(
+                    f"{study.path}: '{where}': '{{{ref}}}' must be KEY=LABEL items with grid keys "
+                    f"({', '.join(wanted)})"
+                )
+            k, v = item.split("=", 1)
+            wanted[k] = v
+        if not cell.train:
+            raise _Skip
+        other = by_values.get((tuple(wanted.values()), cell.seed))
+        if other is None:
+            raise WorkbenchError(f"{study.path}: '{where}': no cell with {wanted} for '{{{ref}}}'")
+        if other.id not in cell.needs:
+            cell.needs.append(other.id)
+        return str(train_dir(study_dir, other.id))
+
+    return lambda text: _PLACEHOLDER.sub(one, text)
+
+
 def _eval_args(
     study: Study,
     study_dir: Path,
@@ -385,41 +455,10 @@ def _eval_args(
     opts: dict[str, Any],
     by_values: dict[tuple[tuple[str, ...], int | None], Cell],
 ) -> list[str] | None:
-    def sub(text: str) -> str | None:
-        def one(m: re.Match[str]) -> str:
-            ref = m.group(1)
-            if ref == "train":
-                if not cell.train:
-                    raise _Skip
-                return str(train_dir(study_dir, cell.id))
-            if ref.startswith("data:"):
-                return str(data_path(study_dir, ref[5:]))
-            wanted = dict(cell.values)
-            for item in filter(None, (s.strip() for s in ref[5:].split(","))):
-                if "=" not in item or item.split("=", 1)[0] not in wanted:
-                    raise WorkbenchError(
-                        f"{study.path}: 'evals.{ename}': '{{{ref}}}' must be KEY=LABEL items with grid keys "
-                        f"({', '.join(wanted)})"
-                    )
-                k, v = item.split("=", 1)
-                wanted[k] = v
-            if not cell.train:
-                raise _Skip
-            other = by_values.get((tuple(wanted.values()), cell.seed))
-            if other is None:
-                raise WorkbenchError(f"{study.path}: 'evals.{ename}': no cell with {wanted} for '{{{ref}}}'")
-            if other.id != cell.id and other.id not in cell.needs:
-                cell.needs.append(other.id)
-            return str(train_dir(study_dir, other.id))
-
-        return _PLACEHOLDER.sub(one, text)
-
+    sub = _resolver(study, study_dir, cell, f"evals.{ename}", by_values)
     try:
         args: list[str] = []
-        model = str(study.train.get("model") or "")
-        for override_key, value in cell.overrides.items():
-            if override_key == "model":
-                model = str(value)
+        model = str(cell.overrides.get("model") or study.train.get("model") or "")
         if model:
             args += ["--model", model]
         if cell.train and "adapter" not in opts and _has_lora(study, cell):
@@ -429,7 +468,7 @@ def _eval_args(
                 continue
             flag = "--" + k.replace("_", "-")
             for item in v if isinstance(v, list) else [v]:
-                args += [flag, sub(str(item)) if isinstance(item, str) else _num(item)]
+                args += [flag, sub(item) if isinstance(item, str) else _num(item)]
         return args
     except _Skip:
         return None
