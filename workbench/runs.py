@@ -383,6 +383,25 @@ def config_diff(old: Any, new: Any, free: Collection[str] = (), prefix: str = ""
 
 
 # ---------------------------------------------------------------------------------------- the lock
+def is_locked(path: str | Path) -> bool:
+    """Whether a process (this one or another) holds the lock of the directory ``path`` now."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return False
+    if os.path.realpath(path) in _HELD:
+        return True
+    try:
+        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True  # another process holds it
+    finally:
+        os.close(fd)  # drops the probe's shared lock
+    return False
+
+
 def lock_run_dir(path: str | Path) -> bool:
     """Take the run directory's lock for this process; False if this process already holds it.
 
@@ -752,21 +771,7 @@ class RunDir:
 
     def _locked(self) -> bool:
         lock = self.file(LOCK_NAME)
-        if lock is None or fcntl is None:
-            return False
-        if os.path.realpath(self.path) in _HELD:
-            return True
-        try:
-            fd = os.open(lock, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True  # another process holds it
-        finally:
-            os.close(fd)  # drops the probe's shared lock
-        return False
+        return lock is not None and is_locked(self.path)
 
     def config(self) -> dict[str, Any] | None:
         """``config.yaml``."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import WorkbenchError
-from workbench.runs import CELLS_JSON, CONFIGS_DIR, RunDir
+from workbench.runs import CELLS_DIR, CELLS_JSON, CONFIGS_DIR, RunDir, is_locked, lock_run_dir, unlock_run_dir
 
 from ._spec import eval_dir, train_dir
 
@@ -59,8 +59,15 @@ def cell_runs(study_dir: str | Path, cell: dict[str, Any]) -> list[tuple[str, Pa
     return runs
 
 
+def cell_dir(study_dir: str | Path, cid: str) -> Path:
+    return Path(study_dir) / CELLS_DIR / cid
+
+
 def cell_state(study_dir: str | Path, cell: dict[str, Any]) -> str:
-    """A cell is ``done`` when all its runs are; ``failed`` / ``running`` / ``interrupted`` when one is."""
+    """A cell is ``running`` while a worker holds its lock (``cells/<id>/.lock``), ``done`` when all its runs
+    are, else ``failed`` / ``interrupted`` when one is."""
+    if is_locked(cell_dir(study_dir, cell["id"])):
+        return "running"
     states = [run_state(path) for _, path, _ in cell_runs(study_dir, cell)]
     for s in ("failed", "running", "interrupted"):
         if s in states:
@@ -101,6 +108,18 @@ def run_cell(study_dir: str, cell_id: str, threads: int = 1) -> str:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cells = {c["id"]: c for c in read_cells(study_dir)["cells"]}
     cell = cells[cell_id]
+    folder = cell_dir(study_dir, cell_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(folder)  # the whole cell is this worker's: another driver's worker waits for it
+    try:
+        _run_cell_runs(study_dir, cell)
+    finally:
+        unlock_run_dir(folder)
+    return cell_id
+
+
+def _run_cell_runs(study_dir: str, cell: dict[str, Any]) -> None:
+    cell_id = cell["id"]
     for name, path, argv in cell_runs(study_dir, cell):
         state = run_state(path)
         if state == "done":
@@ -109,4 +128,3 @@ def run_cell(study_dir: str, cell_id: str, threads: int = 1) -> str:
             raise WorkbenchError(f"cell {cell_id}: {name} run '{path}' is being written by another process")
         print(f"[{cell_id}] {name}: workbench {' '.join(argv)}", flush=True)  # noqa: T201 - the job's log
         _workbench(argv + (["--resume"] if state != "pending" else []), path)
-    return cell_id

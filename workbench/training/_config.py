@@ -36,6 +36,7 @@ from workbench.settings import out_of_bounds as _out_of_bounds
 from workbench.settings import quote as _q
 from workbench.settings import short_repr as _short
 from workbench.settings import strip_optional as _strip_optional
+from workbench.tracking import TRACKERS, check_report_to
 
 from . import _plugins, _presets
 
@@ -190,6 +191,12 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, help="how many recent checkpoints to keep", bounds=Bounds(1, 10**6))
     log_every: int = _f(1, help="append a metrics.jsonl row every N steps", bounds=Bounds(1, 10**9))
     plots: bool = _f(True, help="write plots.html (plotly; plotly.min.js beside it: viewable offline)")
+    report_to: list[str] | str = _f(
+        help="experiment trackers fed the metrics.jsonl rows, offline, into the run directory: any of "
+        f"{', '.join(sorted(TRACKERS))} (each an extra: pip install 'em-workbench[NAME]'); "
+        "see docs/training.md#experiment-tracking-report_to",
+        default_factory=list,
+    )
     defenses: dict[str, Any] = _f(
         help="defense name -> its settings (see docs/training.md); several can be combined",
         default_factory=dict,
@@ -204,6 +211,7 @@ class TrainConfig:
                 f"unknown preset {_q(self.preset)} (known presets: {', '.join(_presets.preset_names())})"
             )
         _check_bounds(self)
+        self.report_to = _tracker_names(self.report_to)
         if not self.model.strip():
             raise ValueError(
                 f"'model' is empty; give a model spec ({DEFAULT_MODEL}, a folder, a hub id or random:<shape>)"
@@ -270,6 +278,7 @@ class TrainConfig:
                 f"{where}: nothing to train: 'lora' is null and there is no plugin block "
                 f"({', '.join(_plugins.block_names()) or 'none registered'}) to train"
             )
+        check_report_to(self.report_to, where)  # each tracker's package is installed
         from workbench._models import check_device, check_model_spec
         from workbench.data import DATASETS
 
@@ -364,6 +373,18 @@ class TrainConfig:
             cfg = TrainConfig._resolve(d, given, filled, where)
         cfg.check("config after --set overrides")
         return cfg
+
+
+def _tracker_names(value: list[str] | str) -> list[str]:
+    """``report_to`` as a list of registered tracker names (a bare name is a list of one; ``none``: no
+    tracker), duplicates dropped."""
+    names = ([] if value == "none" else [value]) if isinstance(value, str) else list(value)
+    for i, name in enumerate(names):
+        if name not in TRACKERS:
+            raise ValueError(
+                f"'report_to' item {i}: unknown tracker {_q(name)} (known: {', '.join(sorted(TRACKERS))})"
+            )
+    return list(dict.fromkeys(names))
 
 
 _CORE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.init)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from workbench._errors import WorkbenchError
 from workbench._io import append_jsonl, atomic_write_json, atomic_write_text
 from workbench.runs import ADAPTER_DIR, CHECKPOINTS_DIR, METRICS_JSONL, TRAIN_SUMMARY_JSON
+from workbench.tracking import Trackers
 
 from ._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ._config import TrainConfig
@@ -111,6 +112,7 @@ class Trainer:
         self._sites: dict[int, tuple[set[str], set[str]]] = {}
         self._added: list[TrainPlugin] = []  # every component added, active or not (see ``activate``)
         self._added_plugins: list[TrainPlugin] = []
+        self.trackers: Trackers | None = None  # ``report_to``: open during ``run`` on the main process
 
     @property
     def is_main(self) -> bool:
@@ -459,7 +461,25 @@ class Trainer:
 
         Returns ``{"step", "finished"}``; when a plugin asked to stop (``ctx.request_stop``, e.g. the EM
         monitor's ``action: stop`` alert), also ``stopped_by`` and ``reason``: a checkpoint of that step is
-        written and ``--resume`` continues the run."""
+        written and ``--resume`` continues the run.
+
+        With ``report_to``, the main process opens the trackers first (they get the ``metrics.jsonl`` rows
+        they have not had yet), feeds them each row it appends to ``metrics.jsonl`` and closes them at the
+        end, however the call ends (``workbench.tracking``: exactly once across resume; a failing tracker
+        is switched off with a warning, never stopping training)."""
+        if self.is_main and self.config.report_to:
+            self.trackers = Trackers(self.config.report_to, self.run_dir, self.config.to_dict()).start()
+        outcome = "failed"
+        try:
+            result = self._run(stop_after)
+            outcome = "finished" if result.get("finished") else "stopped"
+            return result
+        finally:
+            if self.trackers is not None:
+                self.trackers.close(outcome)
+                self.trackers = None
+
+    def _run(self, stop_after: int | None) -> dict[str, Any]:
         cfg = self.config
         metrics = self.run_dir / METRICS_JSONL
         bar = tqdm(
@@ -504,6 +524,8 @@ class Trainer:
                     row["eval_loss"] = self.eval_loss()
                 if self.is_main and (step % cfg.log_every == 0 or step == self.total_steps):
                     append_jsonl(metrics, row)
+                    if self.trackers is not None:
+                        self.trackers.log(row)  # the same row, after metrics.jsonl has it
                 bar.update(1)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}")
                 for comp in self.components:
