@@ -41,6 +41,7 @@ PAGES = (
     ("_pages/steering.py", "Steering", "steering", ":material/tune:"),
     ("_pages/gates.py", "Gates", "gates", ":material/grid_on:"),
     ("_pages/runs.py", "Runs", "runs", ":material/monitoring:"),
+    ("_pages/studies.py", "Studies", "studies", ":material/table_chart:"),
     ("_pages/screening.py", "Data screening", "screening", ":material/filter_alt:"),
 )
 
