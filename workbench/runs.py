@@ -116,6 +116,8 @@ AGGREGATE_CSV = "aggregate.csv"
 PAIRED_CSV = "paired.csv"
 """Paired differences between cells on the same items (each cell minus its reference)."""
 PARETO_JSON = "pareto.json"
+RECOMMEND_JSON = "recommend.json"
+"""A study's recommended setting per grid group (``recommend:``; e.g. the gate alpha that removes the shift)."""
 """The study's Pareto plots: axes, points (with their runs) and which are on the front."""
 KINDS = ("train", "eval", "gate", "sweep", "screen", "demo", "study")
 """The commands that make a run directory (the manifest's ``command``)."""

@@ -30,6 +30,8 @@ from ._cells import cell_state, read_cells, run_cell
 from ._spec import BASELINE, Cell, Study, data_path, expand, load_study, substitute_data
 
 EXECUTORS = ("local", "slurm", "debug")
+#: study keys that only shape the tables (no run depends on them): ``--resume`` may change them
+SUMMARY_KEYS = ("description", "reference", "pareto", "recommend")
 POLL_S = 1.0
 
 
@@ -106,7 +108,13 @@ def prepare_study(
     probe = Path(out).absolute()
     configs = {c.id: cell_config(study, c, probe) for c in expand(study, probe) if c.train}
     path = prepare_run_dir(
-        out, "study", resume=resume, overwrite=overwrite, inputs=[str(study.path)], config=resolved
+        out,
+        "study",
+        resume=resume,
+        overwrite=overwrite,
+        inputs=[str(study.path)],
+        config=resolved,
+        resume_free=SUMMARY_KEYS,
     )
     path = path.resolve()  # manifests and cells.json name absolute paths: each run reproduces from anywhere
     cells = expand(study, path)

@@ -26,6 +26,7 @@ from workbench.runs import (
     EVAL_DIR,
     PAIRED_CSV,
     PARETO_JSON,
+    RECOMMEND_JSON,
     RESULTS_CSV,
     RESULTS_PARQUET,
     STUDY_YAML,
@@ -267,7 +268,9 @@ def paired(
         ref_label = (
             BASELINE if ref["id"] == BASELINE else ",".join(f"{k}={ref['values'][k]}" for k in changed)
         )
-        comparison = f"{mine_label} - {ref_label}"
+        same = [k for k in keys if k not in changed and ref["id"] != BASELINE]
+        context = " [" + ",".join(f"{k}={cell['values'][k]}" for k in same) + "]" if same else ""
+        comparison = f"{mine_label} - {ref_label}{context}"
         for what, r in mine.items():
             # the baseline has no settings: compare each setting with its single run
             r0 = theirs.get(what) or theirs.get((what[0], "", what[2], what[3]))
@@ -357,7 +360,41 @@ def pareto(study: dict[str, Any], agg: list[dict[str, Any]], keys: list[str]) ->
                 )
                 p["cells"] = sorted(set(p["cells"]) | set(r["cells"].split(";")))
                 p["runs"] = sorted(set(p["runs"]) | set(r["runs"].split(";")))
-        # the baseline has no settings: it is one point even when the fine-tunes vary a setting
+        # the baseline is drawn on every plot: where the plot's eval did not run on it (an eval that needs a
+        # fine-tune), its value of the same set and metric from the eval that did
+        if not any(p.get("label") == BASELINE for p in points.values()):
+            base = {}
+            for axis in ("x", "y"):
+                part = spec[axis].split("/")
+                found = [
+                    r
+                    for r in agg
+                    if keys
+                    and all(r[k] == BASELINE for k in keys)
+                    and r["metric"] == part[-1]
+                    and (len(part) == 2 or r["set"] == part[1])
+                ]
+                if found:
+                    base[axis] = found[0]
+            if len(base) == 2:
+                p = {
+                    "label": f"{BASELINE} (from eval {base['x']['eval']})",
+                    "values": {k: BASELINE for k in keys},
+                }
+                p.update(
+                    {
+                        "setting": "",
+                        "cells": [BASELINE],
+                        "runs": sorted({base["x"]["runs"], base["y"]["runs"]}),
+                    }
+                )
+                for axis, r in base.items():
+                    p[axis], p[f"{axis}_low"], p[f"{axis}_high"] = (
+                        _fmt(r["value"]),
+                        _fmt(r["low"]),
+                        _fmt(r["high"]),
+                    )
+                points[("__base__",)] = p
         pts = list(points.values())
         for p in pts:
             for axis in ("x", "y"):
@@ -381,12 +418,96 @@ def pareto(study: dict[str, Any], agg: list[dict[str, Any]], keys: list[str]) ->
     return {"plots": plots}
 
 
+def _value(rows: list[dict[str, Any]], set_metric: str) -> float:
+    set_name, metric = set_metric.split("/")
+    vals = [r["value"] for r in rows if r["set"] == set_name and r["metric"] == metric]
+    return vals[0] if vals else math.nan
+
+
+def recommend(study: dict[str, Any], agg: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """The setting to use per grid group for each ``recommend:`` spec (see ``_spec._recommend_specs``)."""
+    out = []
+    for spec in study.get("recommend") or []:
+        base_rows = [
+            r for r in agg if keys and all(r[k] == BASELINE for k in keys) and r["eval"] == spec["reference"]
+        ]
+        goal = _value(base_rows, spec["target"])
+        base_costs = {c: _value(base_rows, c) for c in spec["costs"]}
+        groups: dict[tuple[str, ...], dict[str, list[dict[str, Any]]]] = {}
+        for r in agg:
+            if r["eval"] == spec["settings_of"] and r["setting"]:
+                groups.setdefault(tuple(r[k] for k in keys), {}).setdefault(r["setting"], []).append(r)
+        for gvals, settings in groups.items():
+            target = {s: _value(rows, spec["target"]) for s, rows in settings.items()}
+            costs = {c: {s: _value(rows, c) for s, rows in settings.items()} for c in spec["costs"]}
+            spans = {
+                c: (
+                    max(v for v in cv.values() if not math.isnan(v))
+                    - min(v for v in cv.values() if not math.isnan(v))
+                )
+                if any(not math.isnan(v) for v in cv.values())
+                else math.nan
+                for c, cv in costs.items()
+            }
+
+            cost_of = {
+                s: sum(
+                    abs(costs[c][s] - base_costs[c]) / spans[c]
+                    for c in spec["costs"]
+                    if spans[c]
+                    and not math.isnan(spans[c])
+                    and not math.isnan(base_costs[c])
+                    and not math.isnan(costs[c][s])
+                )
+                for s in settings
+            }
+            sign = -1.0 if spec["maximize_target"] else 1.0
+            candidates = [
+                s
+                for s, v in target.items()
+                if not math.isnan(v) and not math.isnan(goal) and sign * (v - goal) <= 0
+            ]
+            if candidates:
+                pick = min(candidates, key=lambda s: (cost_of[s], s))
+                why = (
+                    f"{spec['target']} {target[pick]:+.3f} is at or past the base model's {goal:+.3f} "
+                    f"(shift removed) at the least cost ({cost_of[pick]:.2f}) of the {len(candidates)} setting(s) that do"
+                )
+            else:
+                ok = [s for s in target if not math.isnan(target[s])]
+                pick = (max if spec["maximize_target"] else min)(ok, key=lambda s: target[s]) if ok else ""
+                why = f"no setting reaches the base model's {spec['target']} ({goal:+.3f}); {pick} comes closest"
+            out.append(
+                {
+                    **dict(zip(keys, gvals, strict=True)),
+                    "settings_of": spec["settings_of"],
+                    "recommended": pick,
+                    "removes_shift": bool(candidates),
+                    "reason": why,
+                    "target": spec["target"],
+                    "goal": _fmt(goal),
+                    "settings": {
+                        s: {
+                            "target": _fmt(target[s]),
+                            "cost": _fmt(cost_of[s]),
+                            **{c: _fmt(costs[c][s]) for c in spec["costs"]},
+                        }
+                        for s in sorted(settings)
+                    },
+                    "baseline": {c: _fmt(v) for c, v in base_costs.items()},
+                }
+            )
+    return out
+
+
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     import pandas as pd
 
     from workbench.io import atomic_path
 
     df = pd.DataFrame(rows, columns=columns)
+    if "seed" in df and all(r.get("seed") is None or type(r.get("seed")) is int for r in rows):
+        df["seed"] = df["seed"].astype("Int64")  # the baseline has none: integers stay integers
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
 
@@ -464,6 +585,9 @@ def write_tables(study_dir: str | Path, echo: Callable[[str], None] | None = Non
         ],
     )
     atomic_write_json(study_dir / PARETO_JSON, _json_safe(pareto(study, agg, keys)))
+    recs = recommend(study, agg, keys)
+    if recs:
+        atomic_write_json(study_dir / RECOMMEND_JSON, _json_safe(recs))
     written = {
         "results": study_dir / RESULTS_CSV,
         "aggregate": study_dir / AGGREGATE_CSV,
@@ -479,6 +603,9 @@ def write_tables(study_dir: str | Path, echo: Callable[[str], None] | None = Non
     if echo is not None:
         for line in summary_lines(agg, pairs, keys):
             echo(line)
+        for r in recs:
+            label = ",".join(f"{k}={r[k]}" for k in keys)
+            echo(f"recommended {r['settings_of']} setting for {label}: {r['recommended']} ({r['reason']})")
         echo(f"tables: {', '.join(str(p) for p in written.values())}")
     return written
 

@@ -81,6 +81,7 @@ _STUDY_KEYS = (
     "evals",
     "reference",
     "pareto",
+    "recommend",
     "report_to",
 )
 _PLACEHOLDER = re.compile(r"\{(train|cell:[^{}]*|data:[^{}]*)\}")
@@ -129,6 +130,7 @@ class Study:
     pareto: list[dict[str, Any]]
     report_to: list[str]
     raw: dict[str, Any]
+    recommend: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def grid_keys(self) -> list[str]:
@@ -147,6 +149,7 @@ class Study:
             "evals": self.evals,
             "reference": self.reference,
             "pareto": self.pareto,
+            "recommend": self.recommend,
             "report_to": self.report_to,
         }
 
@@ -327,9 +330,49 @@ def load_study(path: str | Path) -> Study:
         evals=evals,
         reference=reference,
         pareto=pareto,
+        recommend=_recommend_specs(raw.get("recommend"), evals, where),
         report_to=[str(r) for r in report_to],
         raw=raw,
     )
+
+
+def _recommend_specs(raw: Any, evals: dict[str, dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """``recommend:``: pick one setting of an eval that varies a coefficient (e.g. gate alpha) per grid group.
+
+    ``{settings_of: EVAL, target: SET/METRIC, reference: EVAL2, costs: [SET/METRIC, ...], maximize_target:
+    false}``: the settings whose target is at least as good as the baseline cell's value in EVAL2 (the shift
+    removed) are candidates; the recommended one has the smallest cost, the sum over ``costs`` of its distance
+    to the baseline's value, each divided by that metric's range over the settings.
+    """
+    specs = [] if raw is None else raw if isinstance(raw, list) else [raw]
+    out = []
+    for i, spec in enumerate(specs):
+        at = f"'recommend[{i}]'"
+        if not isinstance(spec, dict):
+            raise _err(where, f"{at} must be a mapping (settings_of, target, reference, costs)")
+        bad = [k for k in spec if k not in ("settings_of", "target", "reference", "costs", "maximize_target")]
+        if bad:
+            raise _err(
+                where,
+                f"{at}: unknown key '{bad[0]}' (known: settings_of, target, reference, costs, maximize_target)",
+            )
+        for key in ("settings_of", "reference"):
+            if spec.get(key) not in evals:
+                raise _err(where, f"{at}.{key}: '{spec.get(key)}' is not an eval ({', '.join(evals)})")
+        costs = spec.get("costs") or []
+        for key, val in [("target", spec.get("target")), *[("costs", c) for c in costs]]:
+            if not isinstance(val, str) or len(val.split("/")) != 2:
+                raise _err(where, f"{at}.{key}: '{val}' must be SET/METRIC")
+        out.append(
+            {
+                "settings_of": spec["settings_of"],
+                "target": spec["target"],
+                "reference": spec["reference"],
+                "costs": list(costs),
+                "maximize_target": bool(spec.get("maximize_target", False)),
+            }
+        )
+    return out
 
 
 def _slug(text: str) -> str:
