@@ -14,6 +14,7 @@ worker of the killed driver (its lock is held) is waited for, never started twic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -139,13 +140,18 @@ def _executor(kind: str, folder: Path, options: dict[str, Any]) -> Any:
 
     if kind not in EXECUTORS:
         raise WorkbenchError(f"--executor '{kind}' is not one of {', '.join(EXECUTORS)}")
-    ex = submitit.AutoExecutor(folder=folder, cluster=kind)
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster=kind)
+    except (RuntimeError, ValueError, OSError) as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        raise WorkbenchError(f"--executor {kind}: {first}") from None
     params: dict[str, Any] = {"timeout_min": 60 * 24 * 7, "name": "workbench-study"}
     params.update(options)
     try:
         ex.update_parameters(**params)
     except (ValueError, TypeError, AssertionError, NameError) as exc:
-        raise WorkbenchError(f"--engine-option: {exc}") from None
+        first = (str(exc).splitlines() or [""])[0]
+        raise WorkbenchError(f"--engine-option: {first}") from None
     return ex
 
 
@@ -195,13 +201,22 @@ def run_study(
         raise WorkbenchError(f"--workers must be >= 1, got {workers}")
     if gpus_per_cell < 0:
         raise WorkbenchError(f"--gpus-per-cell must be >= 0, got {gpus_per_cell}")
+    if out is None:
+        out = Path("runs") / f"study-{load_study(study_file).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # the engine and its options are checked before anything is written (submitit creates its folder later)
+    made = [p for p in (Path(out), Path(out) / SUBMITIT_DIR) if not p.exists()]
+    try:
+        ex = _executor(executor, Path(out).absolute() / SUBMITIT_DIR, dict(engine_options or {}))
+    except WorkbenchError:
+        for p in reversed(made):  # submitit made its (empty) folder: a refusal leaves nothing behind
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
     path, study, cells = prepare_study(study_file, out, resume=resume, overwrite=overwrite, echo=echo)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    os.environ["OMP_NUM_THREADS"] = str(
-        threads
-    )  # inherited by the workers (two threads each on 2 cores: slow)
-    ex = _executor(executor, path / SUBMITIT_DIR, dict(engine_options or {}))
+    # inherited by the workers (two threads each on 2 cores made decoding 8-20x slower)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     gpu_slots: list[list[int]] = []
     if gpus_per_cell and executor == "local":
         import torch
@@ -324,8 +339,7 @@ def status_lines(study_dir: str | Path) -> list[str]:
     head = [*keys, "seed", "state", "runs not done"]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head) - 1)]
     lines = [
-        "  ".join(str(v).ljust(w) for v, w in zip(r[:-1], widths, strict=True))
-        + ("  " + r[-1] if r[-1] else "")
+        ("  ".join(str(v).ljust(w) for v, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]).rstrip()
         for r in [head, *rows]
     ]
     summary = ", ".join(

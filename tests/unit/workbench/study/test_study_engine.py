@@ -183,6 +183,17 @@ def test_study_file_errors_name_the_key(tmp_path: Path) -> None:
     res = _run("study", "run", str(_write(tmp_path, bad)), "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "lora.r" in res.stderr and "cell lora" not in res.stderr
     assert not (tmp_path / "x").exists()  # refused before anything was written
+    res = _run(
+        "study",
+        "run",
+        str(_write(tmp_path, STUDY)),
+        "--out",
+        str(tmp_path / "y"),
+        "--engine-option",
+        "bogus=1",
+    )
+    assert res.returncode == 2 and "--engine-option: Parameter 'bogus'" in res.stderr
+    assert not (tmp_path / "y").exists()
 
 
 def test_placeholders_make_dependencies_and_paths(tmp_path: Path) -> None:
