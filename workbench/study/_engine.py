@@ -207,12 +207,12 @@ def run_study(
     made = [p for p in (Path(out), Path(out) / SUBMITIT_DIR) if not p.exists()]
     try:
         ex = _executor(executor, Path(out).absolute() / SUBMITIT_DIR, dict(engine_options or {}))
+        path, study, cells = prepare_study(study_file, out, resume=resume, overwrite=overwrite, echo=echo)
     except WorkbenchError:
         for p in reversed(made):  # submitit made its (empty) folder: a refusal leaves nothing behind
             with contextlib.suppress(OSError):
                 p.rmdir()
         raise
-    path, study, cells = prepare_study(study_file, out, resume=resume, overwrite=overwrite, echo=echo)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
     # inherited by the workers (two threads each on 2 cores made decoding 8-20x slower)
