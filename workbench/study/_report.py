@@ -21,6 +21,7 @@ text. A study still running gets a report of what exists so far.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import re
@@ -38,6 +39,7 @@ from workbench.runs import (
     EVAL_DIR,
     PAIRED_CSV,
     PARETO_JSON,
+    RECOMMEND_JSON,
     REPORT_HTML,
     RESULTS_CSV,
     STUDY_YAML,
@@ -557,6 +559,55 @@ tr:target{{background:#fff3b0}}code{{background:#f3f3f3;padding:0 3px}}nav a{{ma
 .missing{{color:#a33}}.est{{white-space:nowrap}}"""
 
 
+def _recommend_section(study: Path) -> str:
+    """``recommend.json``: the recommended setting per grid group, with every setting's target and costs."""
+    recs = _read_json_list(study / RECOMMEND_JSON)
+    if not recs:
+        return ""
+    parts = ['<h2 id="recommend">Recommended settings</h2><p>Per grid group: among the settings whose target is at '
+             "least as good as the base model's (the shift removed), the one with the smallest cost: the sum over "
+             "the cost metrics of the distance to the base model's value, each divided by that metric's range "
+             "over the settings.</p>"]  # fmt: skip
+    for rec in recs:
+        if not isinstance(rec, dict) or not isinstance(rec.get("settings"), dict):
+            continue
+        costs = [k for k in (rec.get("baseline") or {})]
+        header = ["setting", f"target {rec.get('target', '')}", *costs, "cost"]
+        rows = []
+        for name, vals in rec["settings"].items():
+            mark = " (recommended)" if name == rec.get("recommended") else ""
+            rows.append([_e(f"{name}{mark}"), _e(_fmt(vals.get("target"))), *[_e(_fmt(vals.get(c))) for c in costs],
+                         _e(_fmt(vals.get("cost")))])  # fmt: skip
+        rows.append([_e("base model"), _e(_fmt(rec.get("goal"))),
+                     *[_e(_fmt((rec.get("baseline") or {}).get(c))) for c in costs], ""])  # fmt: skip
+        group = ", ".join(f"{k}={v}" for k, v in rec.items() if k not in _REC_KEYS)
+        parts.append(
+            f"<h3>{_e(group or 'all')}: {_e(rec.get('recommended'))}</h3><p>{_e(rec.get('reason'))}</p>"
+        )
+        parts.append(_table(header, rows, "recommend"))
+    return "".join(parts)
+
+
+_REC_KEYS = {
+    "settings_of",
+    "recommended",
+    "removes_shift",
+    "reason",
+    "target",
+    "goal",
+    "settings",
+    "baseline",
+}
+
+
+def _read_json_list(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return data if isinstance(data, list) else []
+
+
 def write_report(study_dir: str | os.PathLike[str]) -> Path:
     """Write ``<study_dir>/report.html`` (and ``plotly.min.js`` beside it); returns the report's path.
 
@@ -573,6 +624,7 @@ def write_report(study_dir: str | os.PathLike[str]) -> Path:
     pareto, n_pareto = _pareto_section(data, study)
     paired, n_forest = _paired_section(data)
     bars, n_bars = _bars_section(data)
+    recommended = _recommend_section(study)
     missing = [n for n, key in ((RESULTS_CSV, "results"), (AGGREGATE_CSV, "aggregate"), (PAIRED_CSV, "paired"))
                if data[key] is None] + ([PARETO_JSON] if not (study / PARETO_JSON).is_file() else [])  # fmt: skip
     note = (
@@ -588,6 +640,7 @@ def write_report(study_dir: str | os.PathLike[str]) -> Path:
             ("pareto", "Pareto fronts", n_pareto),
             ("paired", "Paired differences", n_forest),
             ("bars", "Metrics", n_bars),
+            ("recommend", "Recommended", bool(recommended)),
             ("table", "Aggregate table", data["aggregate"] is not None),
         )  # fmt: skip
         if show
@@ -605,6 +658,7 @@ def write_report(study_dir: str | os.PathLike[str]) -> Path:
 {pareto}
 {paired}
 {bars}
+{recommended}
 {_aggregate_table(data, study)}
 <p><small>Written by <code>workbench study</code> from {_e(CELLS_JSON)}, {_e(RESULTS_CSV)}, {_e(AGGREGATE_CSV)},
 {_e(PAIRED_CSV)} and {_e(PARETO_JSON)}; plotly.js is loaded from {_e(src)} beside this file.</small></p>

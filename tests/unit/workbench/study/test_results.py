@@ -239,3 +239,23 @@ def test_recommend_picks_the_cheapest_setting_that_removes_the_shift() -> None:
 
 def test_recommend_written_by_write_tables(study: Path) -> None:
     assert not (study / RECOMMEND_JSON).exists()  # no recommend: in the study, no file
+
+
+def test_report_shows_the_recommendation(study: Path) -> None:
+    from workbench.io import atomic_write_json
+    from workbench.study import write_report
+
+    rec = {
+        "defenses": "kl",
+        "settings_of": "sweep",
+        "recommended": "gate_alpha_-0.5",
+        "removes_shift": True,
+        "reason": "in-domain gap at or past the base model's",
+        "target": "indomain/preference_gap",
+        "goal": 0.1,
+        "settings": {"gate_alpha_-0.5": {"target": 0.05, "cost": 0.31, "cap/accuracy": 0.45}},
+        "baseline": {"cap/accuracy": 0.5},
+    }
+    atomic_write_json(study / RECOMMEND_JSON, [rec])
+    page = write_report(study).read_text()
+    assert 'id="recommend"' in page and "gate_alpha_-0.5 (recommended)" in page and "defenses=kl" in page
