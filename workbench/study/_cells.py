@@ -52,7 +52,19 @@ def cell_runs(study_dir: str | Path, cell: dict[str, Any]) -> list[tuple[str, Pa
     if cell["train"]:
         cfg = study_dir / CONFIGS_DIR / f"{cell['id']}.yaml"
         tdir = train_dir(study_dir, cell["id"])
-        runs.append(("train", tdir, ["train", str(cfg), "--out", str(tdir)]))
+        procs = int(cell.get("processes") or 1)
+        if procs > 1:  # the documented multi-process launch (docs/training.md)
+            argv = [
+                "torchrun",
+                "--standalone",
+                "--nproc_per_node",
+                str(procs),
+                "-m",
+                "workbench.training._launch",
+            ]
+            runs.append(("train", tdir, [*argv, str(cfg), "--out", str(tdir), "--quiet"]))
+        else:
+            runs.append(("train", tdir, ["train", str(cfg), "--out", str(tdir)]))
     for ename, args in cell["evals"].items():
         edir = eval_dir(study_dir, cell["id"], ename)
         runs.append((f"eval:{ename}", edir, ["eval", *args, "--out", str(edir)]))
@@ -99,6 +111,17 @@ def _workbench(argv: list[str], run: Path) -> None:
         sys.argv = old
 
 
+def _torchrun(argv: list[str], run: Path) -> None:
+    """Run a multi-process training (``torchrun ...``) as a child of this worker."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        why = (RunDir(run).manifest() or {}).get("error") or f"exit code {done.returncode}"
+        raise WorkbenchError(f"torchrun training ({run}): {why}")
+
+
 def run_cell(study_dir: str, cell_id: str, threads: int = 1) -> str:
     """Run (or continue) one cell; called in a worker process by the engine. Returns the cell id."""
     with contextlib.suppress(Exception):
@@ -126,5 +149,10 @@ def _run_cell_runs(study_dir: str, cell: dict[str, Any]) -> None:
             continue
         if state == "running":
             raise WorkbenchError(f"cell {cell_id}: {name} run '{path}' is being written by another process")
-        print(f"[{cell_id}] {name}: workbench {' '.join(argv)}", flush=True)  # noqa: T201 - the job's log
-        _workbench(argv + (["--resume"] if state != "pending" else []), path)
+        extra = ["--resume"] if state != "pending" else []
+        if argv[0] == "torchrun":
+            print(f"[{cell_id}] {name}: {' '.join(argv)}", flush=True)  # noqa: T201 - the job's log
+            _torchrun(argv + extra, path)
+        else:
+            print(f"[{cell_id}] {name}: workbench {' '.join(argv)}", flush=True)  # noqa: T201 - the job's log
+            _workbench(argv + extra, path)

@@ -21,6 +21,7 @@ reference: {defenses: none}         # paired differences: each cell minus the ce
 pareto:                             # Pareto plots of two metrics: "eval/metric" or "eval/set/metric"
   - {x: indomain/preference_gap, y: general/preference_gap, maximize: [false, false]}
 report_to: [tensorboard]            # trackers of every cell's training run
+processes_per_cell: 1               # > 1: each cell trains with torchrun --standalone --nproc_per_node N
 ```
 
 Placeholders in eval options: ``{train}`` is the cell's training run directory (such an eval is not run on
@@ -83,6 +84,7 @@ _STUDY_KEYS = (
     "pareto",
     "recommend",
     "report_to",
+    "processes_per_cell",
 )
 _PLACEHOLDER = re.compile(r"\{(train|cell:[^{}]*|data:[^{}]*)\}")
 _PATH_OPTIONS = ("questions", "data", "preference", "gates", "vector", "config", "adapter")
@@ -100,6 +102,8 @@ class Cell:
     needs: list[str] = field(default_factory=list)
     evals: dict[str, list[str]] = field(default_factory=dict)
     """eval name -> the ``workbench eval`` arguments (without ``--out``)."""
+    processes: int = 1
+    """processes of the cell's training (> 1: ``torchrun --standalone --nproc_per_node N``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +114,7 @@ class Cell:
             "overrides": self.overrides,
             "needs": self.needs,
             "evals": self.evals,
+            "processes": self.processes,
         }
 
 
@@ -130,6 +135,7 @@ class Study:
     pareto: list[dict[str, Any]]
     report_to: list[str]
     raw: dict[str, Any]
+    processes_per_cell: int = 1
     recommend: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -151,6 +157,7 @@ class Study:
             "pareto": self.pareto,
             "recommend": self.recommend,
             "report_to": self.report_to,
+            "processes_per_cell": self.processes_per_cell,
         }
 
 
@@ -315,6 +322,9 @@ def load_study(path: str | Path) -> Study:
         pareto.append(
             {"x": str(spec["x"]), "y": str(spec["y"]), "maximize": maximize, "title": spec.get("title")}
         )
+    procs = raw.get("processes_per_cell", 1)
+    if isinstance(procs, bool) or not isinstance(procs, int) or not 1 <= procs <= 64:
+        raise _err(where, f"'processes_per_cell' must be an integer from 1 to 64, got {procs!r}")
     report_to = raw.get("report_to") or []
     if not isinstance(report_to, list):
         report_to = [report_to]
@@ -332,6 +342,7 @@ def load_study(path: str | Path) -> Study:
         pareto=pareto,
         recommend=_recommend_specs(raw.get("recommend"), evals, where),
         report_to=[str(r) for r in report_to],
+        processes_per_cell=procs,
         raw=raw,
     )
 
@@ -403,7 +414,14 @@ def expand(study: Study, study_dir: Path) -> list[Cell]:
             overrides = {k: v for k, (_, v) in zip(keys, combo, strict=True)}
             overrides["optim.seed"] = seed
             cells.append(
-                Cell(id=cell_id(values, seed), values=values, seed=seed, train=True, overrides=overrides)
+                Cell(
+                    id=cell_id(values, seed),
+                    values=values,
+                    seed=seed,
+                    train=True,
+                    overrides=overrides,
+                    processes=study.processes_per_cell,
+                )
             )
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):

@@ -230,3 +230,22 @@ def test_placeholders_make_dependencies_and_paths(tmp_path: Path) -> None:
     assert own[own.index("--gates") + 1] == str(
         tmp_path / "cells" / "defenses=none,seed=0" / "train" / "gates.safetensors"
     )
+
+
+def test_a_cell_can_train_with_several_processes(tmp_path: Path) -> None:
+    study = json.loads(json.dumps(STUDY))
+    study["train"]["optim"]["max_steps"] = 2
+    study["grid"] = {}
+    study["seeds"] = [0]
+    study.pop("reference")
+    study["processes_per_cell"] = 2
+    out = tmp_path / "s"
+    res = _run("study", "run", str(_write(tmp_path, study)), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert cell_states(out) == {"seed=0": "done"}
+    run = RunDir(out / "cells" / "seed=0" / "train")
+    assert run.config()["optim"]["seed"] == 0
+    assert [r["step"] for r in run.metrics()] == [1, 2]
+    argv = (run.manifest() or {})["argv"]
+    assert argv[0].endswith("workbench/training/_launch.py") or "workbench.training._launch" in " ".join(argv)
+    assert (out / RESULTS_CSV).is_file()
