@@ -166,18 +166,30 @@ def parse_engine_options(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _job_error(job: Any) -> str | None:
-    """None when the job ended well, else one line on why (its log file named)."""
-    try:
-        job.result()
+def _job_error(job: Any, state: str) -> str | None:
+    """None when the cell is done, else one line on why, from the runs' manifests or the job's log.
+
+    The driver reads no pickle: the outcome comes from the cell's run manifests (what ``--resume`` trusts too)
+    and, for an error outside any run, from the job's text log. (submitit's debug executor runs the cell
+    in this process when its result is asked for, so only there is ``result()`` called.)
+    """
+    if type(job).__name__ == "DebugJob":
+        try:
+            job.result()
+        except Exception as exc:  # the cell's own error, raised in this process
+            return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        return None if state == "done" else f"ended with state {state}"
+    if state == "done":
         return None
-    except Exception as exc:  # submitit's FailedJobError / UncompletedJobError, or the cell's own error
-        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-        tail = next(
-            (ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1] if lines else ""
-        )
-        log = getattr(getattr(job, "paths", None), "stderr", None)
-        return f"{type(exc).__name__}: {tail.strip()[:300]}" + (f" (log: {log})" if log else "")
+    log = getattr(getattr(job, "paths", None), "stderr", None)
+    lines: list[str] = []
+    if log is not None:
+        with contextlib.suppress(OSError):
+            lines = [ln for ln in Path(log).read_text(errors="replace").splitlines() if ln.strip()]
+    tail = next((ln for ln in reversed(lines) if "Error" in ln or "error:" in ln), "")
+    if not tail:
+        tail = f"the worker ended without finishing the cell (state {state}; killed?)"
+    return tail.strip()[:300] + (f" (log: {log})" if log else "")
 
 
 def run_study(
@@ -263,8 +275,8 @@ def run_study(
                 del in_flight[cid]
                 if slot:
                     gpu_slots.append(slot)
-                err = _job_error(job)
-                if err is None and cell_state(path, by_id[cid]) == "done":
+                err = _job_error(job, cell_state(path, by_id[cid]))
+                if err is None:
                     done.add(cid)
                     bar.update(1)
                 else:
