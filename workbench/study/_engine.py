@@ -25,9 +25,17 @@ import yaml
 
 from workbench import WorkbenchError
 from workbench.io import atomic_write_json, atomic_write_text, load_yaml_value
-from workbench.runs import CELLS_JSON, CONFIGS_DIR, STUDY_YAML, SUBMITIT_DIR, prepare_run_dir, write_config
+from workbench.runs import (
+    CELLS_JSON,
+    CONFIGS_DIR,
+    STUDY_YAML,
+    SUBMITIT_DIR,
+    RunDir,
+    prepare_run_dir,
+    write_config,
+)
 
-from ._cells import cell_state, read_cells, run_cell
+from ._cells import cell_runs, cell_state, read_cells, run_cell
 from ._spec import BASELINE, Cell, Study, data_path, expand, load_study, substitute_data
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -166,7 +174,7 @@ def parse_engine_options(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _job_error(job: Any, state: str) -> str | None:
+def _job_error(job: Any, state: str, study_dir: Path, cell: dict[str, Any]) -> str | None:
     """None when the cell is done, else one line on why, from the runs' manifests or the job's log.
 
     The driver reads no pickle: the outcome comes from the cell's run manifests (what ``--resume`` trusts too)
@@ -182,6 +190,11 @@ def _job_error(job: Any, state: str) -> str | None:
     if state == "done":
         return None
     log = getattr(getattr(job, "paths", None), "stderr", None)
+    where = f" (log: {log})" if log else ""
+    for name, run, _ in cell_runs(study_dir, cell):
+        error = (RunDir(run).manifest() or {}).get("error")
+        if error:
+            return f"{name}: {str(error)[:400]}{where}"
     lines: list[str] = []
     if log is not None:
         with contextlib.suppress(OSError):
@@ -189,7 +202,7 @@ def _job_error(job: Any, state: str) -> str | None:
     tail = next((ln for ln in reversed(lines) if "Error" in ln or "error:" in ln), "")
     if not tail:
         tail = f"the worker ended without finishing the cell (state {state}; killed?)"
-    return tail.strip()[:300] + (f" (log: {log})" if log else "")
+    return tail.strip()[:400] + where
 
 
 def run_study(
@@ -275,7 +288,7 @@ def run_study(
                 del in_flight[cid]
                 if slot:
                     gpu_slots.append(slot)
-                err = _job_error(job, cell_state(path, by_id[cid]))
+                err = _job_error(job, cell_state(path, by_id[cid]), path, by_id[cid])
                 if err is None:
                     done.add(cid)
                     bar.update(1)
