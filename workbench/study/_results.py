@@ -594,12 +594,9 @@ def write_tables(study_dir: str | Path, echo: Callable[[str], None] | None = Non
         "paired": study_dir / PAIRED_CSV,
         "pareto": study_dir / PARETO_JSON,
     }
-    try:
-        from ._report import write_report
-    except ImportError:  # pragma: no cover - the report module is part of the package
-        write_report = None
-    if write_report is not None:
-        written["report"] = write_report(study_dir)
+    from ._report import write_report
+
+    written["report"] = write_report(study_dir)
     if echo is not None:
         for line in summary_lines(agg, pairs, keys):
             echo(line)
