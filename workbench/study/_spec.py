@@ -185,6 +185,17 @@ def _abs_if_file(value: Any, base: Path) -> Any:
     return str(candidate.resolve()) if candidate.exists() else value
 
 
+def _files_beside(value: Any, base: Path) -> Any:
+    """Strings in a grid value that name a file beside the study file become absolute paths."""
+    if isinstance(value, str):
+        return _abs_if_file(value, base)
+    if isinstance(value, dict):
+        return {k: _files_beside(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_files_beside(v, base) for v in value]
+    return value
+
+
 def _fix_train_paths(cfg: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("data", "eval_data"):
         for src in cfg.get(key) or []:
@@ -223,9 +234,9 @@ def load_study(path: str | Path) -> Study:
     for key, vals in (raw.get("grid") or {}).items():
         key = str(key)
         if isinstance(vals, dict):
-            items = [(str(label), v) for label, v in vals.items()]
+            items = [(str(label), _files_beside(v, base)) for label, v in vals.items()]
         elif isinstance(vals, list):
-            items = [(_label(v), v) for v in vals]
+            items = [(_label(v), _files_beside(v, base)) for v in vals]
         else:
             raise _err(where, f"'grid.{key}' must be a list of values or a mapping label -> value")
         if not items:

@@ -249,3 +249,20 @@ def test_a_cell_can_train_with_several_processes(tmp_path: Path) -> None:
     argv = (run.manifest() or {})["argv"]
     assert argv[0].endswith("workbench/training/_launch.py") or "workbench.training._launch" in " ".join(argv)
     assert (out / RESULTS_CSV).is_file()
+
+
+def test_files_named_in_the_study_are_found_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "v.safetensors").write_bytes(b"x")
+    (tmp_path / "assets" / "pairs.jsonl").write_text("")
+    study = json.loads(json.dumps(STUDY))
+    study["grid"] = {"defenses": {"steer": {"preventive_steering": {"vector": "assets/v.safetensors"}}}}
+    study["evals"]["general"] = {"preference": "assets/pairs.jsonl"}
+    monkeypatch.chdir(tmp_path.parent)  # not the study's folder
+    loaded = load_study(_write(tmp_path, study))
+    vector = loaded.grid["defenses"][0][1]["preventive_steering"]["vector"]
+    assert vector == str(tmp_path / "assets" / "v.safetensors")
+    assert loaded.evals["general"]["preference"] == str(tmp_path / "assets" / "pairs.jsonl")
+    assert loaded.evals["general"] == {"preference": str(tmp_path / "assets" / "pairs.jsonl")}
