@@ -260,6 +260,7 @@ def test_files_named_in_the_study_are_found_beside_it(
     study = json.loads(json.dumps(STUDY))
     study["grid"] = {"defenses": {"steer": {"preventive_steering": {"vector": "assets/v.safetensors"}}}}
     study["evals"]["general"] = {"preference": "assets/pairs.jsonl"}
+    study.pop("reference")
     monkeypatch.chdir(tmp_path.parent)  # not the study's folder
     loaded = load_study(_write(tmp_path, study))
     vector = loaded.grid["defenses"][0][1]["preventive_steering"]["vector"]
