@@ -242,6 +242,10 @@ def run_study(
         threads = max(1, (os.cpu_count() or 1) // workers)
     # inherited by the workers (two threads each on 2 cores made decoding 8-20x slower)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    if study.report_to:  # the cells' tracker runs are grouped under the study's name (unless the user chose)
+        os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", study.name)
+        os.environ.setdefault("WANDB_RUN_GROUP", study.name)
+        os.environ.setdefault("WANDB_PROJECT", study.name)
     gpu_slots: list[list[int]] = []
     if gpus_per_cell and executor == "local":
         import torch

@@ -267,3 +267,25 @@ def test_files_named_in_the_study_are_found_beside_it(
     assert vector == str(tmp_path / "assets" / "v.safetensors")
     assert loaded.evals["general"]["preference"] == str(tmp_path / "assets" / "pairs.jsonl")
     assert loaded.evals["general"] == {"preference": str(tmp_path / "assets" / "pairs.jsonl")}
+
+
+def test_report_to_reaches_every_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    study = json.loads(json.dumps(STUDY))
+    study["train"]["optim"]["max_steps"] = 2
+    study["grid"] = {"lora.r": [2, 4]}
+    study["seeds"] = [0]
+    study.pop("reference")
+    study["report_to"] = ["tensorboard"]
+    out = tmp_path / "s"
+    res = _run("study", "run", str(_write(tmp_path, study)), "--out", str(out), "--workers", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for cid in ("lora.r=2,seed=0", "lora.r=4,seed=0"):
+        run = out / "cells" / cid / "train"
+        assert (out / "configs" / f"{cid}.yaml").read_text().count("tensorboard") == 1
+        acc = EventAccumulator(str(run / "tensorboard"))
+        acc.Reload()
+        steps = [e.step for e in acc.Scalars("loss")]
+        assert steps == [r["step"] for r in RunDir(run).metrics()] == [1, 2]
