@@ -5,8 +5,8 @@ differences on shared items and the Pareto plots (docs/studies.md says how each 
 - ``aggregate``: over seeds. The value is the mean over seeds. Where the metric is a mean over items that the
   eval's per-row file records (the preference gap and its share, exact-match accuracy, plain accuracy of a
   sycophancy set, mean judge scores), the interval is a cluster bootstrap over the items with every seed's
-  values of an item in its cluster (the items are the shared sample; seeds repeat the measurement); otherwise it
-  is the range of the seeds' values (``method`` says which). ``seed_sd`` is the spread between seeds.
+  values of an item in its cluster (the items are the shared sample; seeds repeat the measurement); otherwise
+  there is no interval (``method`` says so). ``seed_sd`` is the spread between seeds.
 - ``paired``: each cell minus its reference cell (the grid values of ``reference:``, same seed, the other
   values equal; the reference cells minus the baseline when there is one) on the items both evaluated, with a
   cluster bootstrap over items (clusters: questions for free-form answers, problems for sycophancy sets); rows
@@ -124,7 +124,7 @@ def item_rule(kind: str, metric: str) -> Callable[[dict[str, Any]], tuple[str, s
         return _pref("prefers_misaligned")
     if kind == "free_form" and metric.startswith("mean_"):
         return _score(metric[len("mean_") :])
-    if kind == "exact" and metric == "accuracy":
+    if kind in ("exact", "exact_match") and metric == "accuracy":
         return _correct
     if kind == "sycophancy" and metric == "plain_accuracy":
         return _plain_correct
@@ -207,8 +207,8 @@ def aggregate(study_dir: Path, rows: list[dict[str, Any]], keys: list[str]) -> l
                     clusters.setdefault(cl, []).append(v)
             est = clustered_estimate(list(clusters.items()))
             low, high, method = est.low, est.high, "cluster_bootstrap(items, seeds pooled)"
-        elif len(vals) > 1:
-            low, high, method = min(vals), max(vals), "range over seeds"
+        elif len(vals) > 1:  # no item-level rows to pool: no interval (the spread between seeds is seed_sd)
+            method = "mean over seeds (no item rows; see seed_sd)"
         out.append(
             {
                 **dict(zip(keys, gk[: len(keys)], strict=True)),

@@ -259,3 +259,22 @@ def test_report_shows_the_recommendation(study: Path) -> None:
     atomic_write_json(study / RECOMMEND_JSON, [rec])
     page = write_report(study).read_text()
     assert 'id="recommend"' in page and "gate_alpha_-0.5 (recommended)" in page and "defenses=kl" in page
+
+
+def test_item_rules_read_the_eval_row_files() -> None:
+    from workbench.study import item_rule
+
+    # the kinds as the evaluator names them in summary.json
+    assert item_rule("exact_match", "accuracy")({"uid": "cap/3", "correct": True}) == ("cap/3", "cap/3", 1.0)
+    assert item_rule("preference", "preference_gap")({"uid": "p/1", "gap": -0.5}) == ("p/1", "p/1", -0.5)
+    syc = item_rule("sycophancy", "plain_accuracy")
+    assert syc({"uid": "g/0", "kind": "plain", "problem_id": "gcd-0", "correct": False}) == (
+        "g/0",
+        "gcd-0",
+        0.0,
+    )
+    assert syc({"uid": "g/1", "kind": "incorrect", "problem_id": "gcd-0", "correct": False}) is None
+    score = item_rule("free_form", "mean_aligned")
+    assert score({"uid": "q/0/1", "question_id": "q", "aligned": 80.0}) == ("q/0/1", "q", 80.0)
+    assert score({"uid": "q/0/2", "question_id": "q", "aligned": None}) is None
+    assert item_rule("sycophancy", "sycophancy") is None  # a conditional rate: no per-item mean
