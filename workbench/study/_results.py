@@ -424,6 +424,22 @@ def _value(rows: list[dict[str, Any]], set_metric: str) -> float:
     return vals[0] if vals else math.nan
 
 
+def _removed(value: float, goal: float, shifted: float, sign: float) -> float:
+    """The share of the shift (``shifted - goal``, signed so that a positive shift is the bad direction) that
+    ``value`` removes: 0 at the shifted model, 1 at the base model's value."""
+    shift = sign * (shifted - goal)
+    return sign * (shifted - value) / shift if shift > 0 else math.nan
+
+
+def _removes(value: float, goal: float, shifted: float, sign: float, min_removed: float) -> bool:
+    if math.isnan(value) or math.isnan(goal):
+        return False
+    share = _removed(value, goal, shifted, sign)
+    if min_removed < 1.0 and not math.isnan(share):
+        return share >= min_removed
+    return sign * (value - goal) <= 0
+
+
 def recommend(study: dict[str, Any], agg: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
     """The setting to use per grid group for each ``recommend:`` spec (see ``_spec._recommend_specs``)."""
     out = []
@@ -462,21 +478,34 @@ def recommend(study: dict[str, Any], agg: list[dict[str, Any]], keys: list[str])
                 for s in settings
             }
             sign = -1.0 if spec["maximize_target"] else 1.0
-            candidates = [
-                s
-                for s, v in target.items()
-                if not math.isnan(v) and not math.isnan(goal) and sign * (v - goal) <= 0
-            ]
+            shifted = math.nan
+            if spec.get("shifted_setting"):
+                shifted = target.get(spec["shifted_setting"], math.nan)
+            elif spec.get("shifted_eval"):
+                rows = [r for r in agg if r["eval"] == spec["shifted_eval"] and not r["setting"]]
+                rows = [r for r in rows if tuple(r[k] for k in keys) == gvals]
+                shifted = _value(rows, spec["target"])
+
+            min_removed = float(spec.get("min_removed", 1.0))
+            candidates = [s for s, v in target.items() if _removes(v, goal, shifted, sign, min_removed)]
             if candidates:
                 pick = min(candidates, key=lambda s: (cost_of[s], s))
+                share = _removed(target[pick], goal, shifted, sign)
+                removed_text = f", {share:.0%} of the shift removed" if not math.isnan(share) else ""
                 why = (
-                    f"{spec['target']} {target[pick]:+.3f} is at or past the base model's {goal:+.3f} "
-                    f"(shift removed) at the least cost ({cost_of[pick]:.2f}) of the {len(candidates)} setting(s) that do"
+                    f"{spec['target']} {target[pick]:+.3f} (base model {goal:+.3f}{removed_text}): the least "
+                    f"cost ({cost_of[pick]:.2f}) of the {len(candidates)} setting(s) removing at least "
+                    f"{spec.get('min_removed', 1.0):.0%} of the shift"
                 )
             else:
-                ok = [s for s in target if not math.isnan(target[s])]
-                pick = (max if spec["maximize_target"] else min)(ok, key=lambda s: target[s]) if ok else ""
-                why = f"no setting reaches the base model's {spec['target']} ({goal:+.3f}); {pick} comes closest"
+                seen = [s for s in target if not math.isnan(target[s])]
+                pick = (
+                    (max if spec["maximize_target"] else min)(seen, key=lambda s: target[s]) if seen else ""
+                )
+                why = (
+                    f"no setting removes {min_removed:.0%} of the shift in {spec['target']} (base model "
+                    f"{goal:+.3f}); {pick} comes closest"
+                )
             out.append(
                 {
                     **dict(zip(keys, gvals, strict=True)),
@@ -486,9 +515,12 @@ def recommend(study: dict[str, Any], agg: list[dict[str, Any]], keys: list[str])
                     "reason": why,
                     "target": spec["target"],
                     "goal": _fmt(goal),
+                    "shifted": _fmt(shifted),
+                    "min_removed": spec.get("min_removed", 1.0),
                     "settings": {
                         s: {
                             "target": _fmt(target[s]),
+                            "removed": _fmt(_removed(target[s], goal, shifted, sign)),
                             "cost": _fmt(cost_of[s]),
                             **{c: _fmt(costs[c][s]) for c in spec["costs"]},
                         }

@@ -362,9 +362,12 @@ def _recommend_specs(raw: Any, evals: dict[str, dict[str, Any]], where: str) -> 
     """``recommend:``: pick one setting of an eval that varies a coefficient (e.g. gate alpha) per grid group.
 
     ``{settings_of: EVAL, target: SET/METRIC, reference: EVAL2, costs: [SET/METRIC, ...], maximize_target:
-    false}``: the settings whose target is at least as good as the baseline cell's value in EVAL2 (the shift
-    removed) are candidates; the recommended one has the smallest cost, the sum over ``costs`` of its distance
-    to the baseline's value, each divided by that metric's range over the settings.
+    false, min_removed: 1.0, shifted_setting: NAME | shifted_eval: EVAL3}``: the shift is the fine-tune's target
+    (the setting ``shifted_setting`` of EVAL, e.g. gate_alpha_1 = the gates as trained, or the group's value in
+    EVAL3) minus the baseline cell's target in EVAL2; a setting removes the share ``(shifted - value) / shift``
+    of it. Candidates remove at least ``min_removed`` (1.0: at least as good as the base model; without a
+    shifted value only that rule applies); the recommended one has the smallest cost, the sum over ``costs`` of
+    its distance to the baseline's value, each divided by that metric's range over the settings.
     """
     specs = [] if raw is None else raw if isinstance(raw, list) else [raw]
     out = []
@@ -372,12 +375,32 @@ def _recommend_specs(raw: Any, evals: dict[str, dict[str, Any]], where: str) -> 
         at = f"'recommend[{i}]'"
         if not isinstance(spec, dict):
             raise _err(where, f"{at} must be a mapping (settings_of, target, reference, costs)")
-        bad = [k for k in spec if k not in ("settings_of", "target", "reference", "costs", "maximize_target")]
+        known = (
+            "settings_of",
+            "target",
+            "reference",
+            "costs",
+            "maximize_target",
+            "min_removed",
+            "shifted_setting",
+            "shifted_eval",
+        )
+        bad = [k for k in spec if k not in known]
         if bad:
+            raise _err(where, f"{at}: unknown key '{bad[0]}' (known: {', '.join(known)})")
+        if spec.get("shifted_eval") is not None and spec["shifted_eval"] not in evals:
             raise _err(
-                where,
-                f"{at}: unknown key '{bad[0]}' (known: settings_of, target, reference, costs, maximize_target)",
+                where, f"{at}.shifted_eval: '{spec['shifted_eval']}' is not an eval ({', '.join(evals)})"
             )
+        if "shifted_setting" in spec and "shifted_eval" in spec:
+            raise _err(where, f"{at}: give shifted_setting or shifted_eval, not both")
+        min_removed = spec.get("min_removed", 1.0)
+        if (
+            isinstance(min_removed, bool)
+            or not isinstance(min_removed, int | float)
+            or not 0 < min_removed <= 10
+        ):
+            raise _err(where, f"{at}.min_removed: must be a number in (0, 10], got {min_removed!r}")
         for key in ("settings_of", "reference"):
             if spec.get(key) not in evals:
                 raise _err(where, f"{at}.{key}: '{spec.get(key)}' is not an eval ({', '.join(evals)})")
@@ -392,6 +415,9 @@ def _recommend_specs(raw: Any, evals: dict[str, dict[str, Any]], where: str) -> 
                 "reference": spec["reference"],
                 "costs": list(costs),
                 "maximize_target": bool(spec.get("maximize_target", False)),
+                "min_removed": float(min_removed),
+                "shifted_setting": spec.get("shifted_setting"),
+                "shifted_eval": spec.get("shifted_eval"),
             }
         )
     return out

@@ -233,8 +233,21 @@ def test_recommend_picks_the_cheapest_setting_that_removes_the_shift() -> None:
     agg2 = [r if not (r["eval"] == "plain" and r["set"] == "indomain") else {**r, "value": -1.0} for r in agg]
     (rec2,) = recommend({"recommend": [spec]}, agg2, ["defenses"])
     assert rec2["recommended"] == "gate_alpha_-1" and rec2["removes_shift"] is False
-    assert "no setting reaches" in rec2["reason"]
+    assert "no setting removes 100% of the shift" in rec2["reason"]
     assert not math.isnan(rec2["goal"])
+    # a share of the shift: shifted = alpha 1's 0.90, base 0.10 -> shift 0.80; alpha 0.5 (in-domain 0.20)
+    # removes (0.90 - 0.20) / 0.80 = 87.5% and is the cheapest of those removing >= 80%
+    agg3 = agg + [
+        row("gated", "sweep", "gate_alpha_0.5", "indomain/preference_gap", 0.20),
+        row("gated", "sweep", "gate_alpha_0.5", "general/preference_gap", -0.28),
+        row("gated", "sweep", "gate_alpha_0.5", "cap/accuracy", 0.50),
+    ]
+    spec3 = {**spec, "min_removed": 0.8, "shifted_setting": "gate_alpha_1"}
+    (rec3,) = recommend({"recommend": [spec3]}, agg3, ["defenses"])
+    assert rec3["settings"]["gate_alpha_0.5"]["removed"] == pytest.approx(0.875)
+    assert rec3["settings"]["gate_alpha_-1"]["removed"] == pytest.approx((0.90 + 0.40) / 0.80)
+    assert rec3["recommended"] == "gate_alpha_0.5" and "% of the shift removed" in rec3["reason"]
+    assert rec3["settings"]["gate_alpha_1"]["removed"] == pytest.approx(0.0)
 
 
 def test_recommend_written_by_write_tables(study: Path) -> None:
