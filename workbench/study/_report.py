@@ -564,21 +564,23 @@ def _recommend_section(study: Path) -> str:
     recs = _read_json_list(study / RECOMMEND_JSON)
     if not recs:
         return ""
-    parts = ['<h2 id="recommend">Recommended settings</h2><p>Per grid group: among the settings whose target is at '
-             "least as good as the base model's (the shift removed), the one with the smallest cost: the sum over "
-             "the cost metrics of the distance to the base model's value, each divided by that metric's range "
-             "over the settings.</p>"]  # fmt: skip
+    parts = ['<h2 id="recommend">Recommended settings</h2><p>Per grid group: among the settings that remove at '
+             "least the required share of the shift in the target (the fine-tune's value minus the base model's; "
+             "100%: as good as the base model), the one with the smallest cost: the sum over the cost metrics of "
+             "the distance to the base model's value, each divided by that metric's range over the settings.</p>"]  # fmt: skip
     for rec in recs:
         if not isinstance(rec, dict) or not isinstance(rec.get("settings"), dict):
             continue
         costs = [k for k in (rec.get("baseline") or {})]
-        header = ["setting", f"target {rec.get('target', '')}", *costs, "cost"]
+        header = ["setting", f"target {rec.get('target', '')}", "shift removed", *costs, "cost"]
         rows = []
         for name, vals in rec["settings"].items():
             mark = " (recommended)" if name == rec.get("recommended") else ""
-            rows.append([_e(f"{name}{mark}"), _e(_fmt(vals.get("target"))), *[_e(_fmt(vals.get(c))) for c in costs],
+            removed = _num(vals.get("removed"))
+            share = "" if removed is None else f"{removed:.0%}"
+            rows.append([_e(f"{name}{mark}"), _e(_fmt(vals.get("target"))), _e(share), *[_e(_fmt(vals.get(c))) for c in costs],
                          _e(_fmt(vals.get("cost")))])  # fmt: skip
-        rows.append([_e("base model"), _e(_fmt(rec.get("goal"))),
+        rows.append([_e("base model"), _e(_fmt(rec.get("goal"))), "100%",
                      *[_e(_fmt((rec.get("baseline") or {}).get(c))) for c in costs], ""])  # fmt: skip
         group = ", ".join(f"{k}={v}" for k, v in rec.items() if k not in _REC_KEYS)
         parts.append(
