@@ -10,14 +10,18 @@ grid:                               # every combination of the values (a config 
 seeds: [0, 1]                       # optim.seed of each cell (default [0])
 baseline: true                      # also evaluate the base model (cell "base", no fine-tune)
 data:                               # files the study generates once (shipped generators), {data:NAME} below
-  heldout: {make: advice_medical, n: 60, seed: 1, exclude: {make: advice_medical, n: 200, seed: 0}}
+  general: {make: contrastive_pairs, n: 24}
+  heldout: {make: syco_gcd_test, n: 60, seed: 1, exclude: {make: syco_gcd_train, n: 200, seed: 0}}
 evals:                              # name -> options of `workbench eval` (lists repeat a flag)
-  general: {preference: contrastive_pairs}
-  indomain: {preference: "{data:heldout}"}
+  general: {preference: "{data:general}"}
+  sycophancy: {data: "{data:heldout}"}
   gates: {preference: contrastive_pairs, gates: "{train}/gates.safetensors", gate_alpha: [1, 0, -1]}
   transfer: {preference: contrastive_pairs, gates: "{cell:data.0.name=advice_medical}/gates.safetensors",
              only: {data.0.name: advice_legal}}
 reference: {defenses: none}         # paired differences: each cell minus the cell with these values
+recommend:                          # the gate alpha removing >= 80% of the in-domain shift at least cost
+  - {settings_of: gates, target: contrastive_pairs/preference_gap, reference: general,
+     costs: [capability/accuracy], shifted_setting: gate_alpha_1, min_removed: 0.8}
 pareto:                             # Pareto plots of two metrics: "eval/metric" or "eval/set/metric"
   - {x: indomain/preference_gap, y: general/preference_gap, maximize: [false, false]}
 report_to: [tensorboard]            # trackers of every cell's training run
