@@ -78,3 +78,25 @@ def test_ci_version_keeps_the_full_study_structure(name):
     assert set(ci.evals) == set(full.evals)
     for key in full.grid_keys:  # the CI grid is a subset of the full one (same labels)
         assert {label for label, _ in ci.grid[key]} <= {label for label, _ in full.grid[key]}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(STUDIES)))
+def test_every_asset_a_shipped_study_names_exists(path, tmp_path, monkeypatch):
+    """Paths are relative to the study file: from any folder, every asset it names resolves to a real file."""
+    monkeypatch.chdir(tmp_path)
+    found: list[str] = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and "assets/" in value:
+            found.append(value)
+
+    walk(load_study(path).resolved())
+    assert found
+    for value in found:
+        assert Path(value).is_absolute() and Path(value).exists(), value
