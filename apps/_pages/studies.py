@@ -28,6 +28,7 @@ from workbench.runs import (
     RunDir,
     find_runs,
 )
+from workbench.study import combine_states
 
 RUNS_URL = "runs"  # the Runs page's url_path in apps/explorer.py; its sidebar opens the directory in ?run=
 STATES = ("done", "running", "failed", "interrupted", "pending")
@@ -105,13 +106,7 @@ def _cell_runs(study: Path, cell: dict[str, Any]) -> list[tuple[str, str, Path |
 
 
 def _cell_state(study: Path, cell: dict[str, Any]) -> str:
-    states = [_state(folder) for _, _, folder in _cell_runs(study, cell)]
-    for s in ("failed", "running", "interrupted"):
-        if s in states:
-            return s
-    if states and all(s == "done" for s in states):
-        return "done"
-    return "interrupted" if "done" in states else "pending"
+    return combine_states([_state(folder) for _, _, folder in _cell_runs(study, cell)])
 
 
 def _run_links(study: Path, runs: list[tuple[str, str]]) -> None:

@@ -7,7 +7,7 @@ job per cell); the tables (results, aggregate over seeds, paired differences, Pa
 ``report.html`` are written from the runs.
 """
 
-from ._cells import CELL_STATES, cell_state, cell_states, read_cells, run_cell
+from ._cells import CELL_STATES, cell_state, cell_states, combine_states, read_cells, run_cell
 from ._engine import EXECUTORS, cell_config, parse_engine_options, prepare_study, run_study, status_lines
 from ._results import collect, item_rule, read_results, set_metrics, summary_lines, write_tables
 from ._spec import BASELINE, EVAL_OPTIONS, Cell, Study, expand, load_study
@@ -23,6 +23,7 @@ __all__ = [
     "cell_state",
     "cell_states",
     "collect",
+    "combine_states",
     "expand",
     "item_rule",
     "load_study",

@@ -80,7 +80,12 @@ def cell_state(study_dir: str | Path, cell: dict[str, Any]) -> str:
     are, else ``failed`` / ``interrupted`` when one is."""
     if is_locked(cell_dir(study_dir, cell["id"])):
         return "running"
-    states = [run_state(path) for _, path, _ in cell_runs(study_dir, cell)]
+    return combine_states([run_state(path) for _, path, _ in cell_runs(study_dir, cell)])
+
+
+def combine_states(states: list[str]) -> str:
+    """A cell's state from its runs' states: ``failed`` / ``running`` / ``interrupted`` when one run is,
+    ``done`` when all are, ``interrupted`` when some are done, else ``pending``."""
     for s in ("failed", "running", "interrupted"):
         if s in states:
             return s

@@ -532,7 +532,7 @@ def recommend(study: dict[str, Any], agg: list[dict[str, Any]], keys: list[str])
     return out
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Any:
     import pandas as pd
 
     from workbench.io import atomic_path
@@ -542,11 +542,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> No
         df["seed"] = df["seed"].astype("Int64")  # the baseline has none: integers stay integers
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
+    return df
 
 
 def write_tables(study_dir: str | Path, echo: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Write results.{csv,parquet}, aggregate.csv, paired.csv, pareto.json and report.html from the runs."""
-    import pandas as pd
 
     from workbench.io import atomic_path, atomic_write_json
 
@@ -570,9 +570,7 @@ def write_tables(study_dir: str | Path, echo: Callable[[str], None] | None = Non
         "method",
         "run",
     ]
-    _write_csv(study_dir / RESULTS_CSV, rows, cols)
-    df = pd.DataFrame(rows, columns=cols)
-    df["seed"] = df["seed"].astype("Int64")
+    df = _write_csv(study_dir / RESULTS_CSV, rows, cols)  # seed as Int64 (the baseline has none)
     with atomic_path(study_dir / RESULTS_PARQUET) as tmp:
         df.to_parquet(tmp, index=False)
     agg = aggregate(study_dir, rows, keys)
